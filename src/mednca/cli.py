@@ -1,0 +1,282 @@
+"""The ``mednca`` command: one subcommand per pipeline stage, each a thin wrapper over the library.
+
+Heavy imports (torch, nibabel) happen inside the commands, so ``mednca --help`` is instant.
+User-fixable problems print one line ``mednca: error: ...`` and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import MedNCAError
+from .version import __version__
+
+EPILOG = "Run 'mednca COMMAND --help' for a command's options. Docs: README.md."
+
+
+def _log(text: str) -> None:
+    print(text, flush=True)
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="case", disable=not sys.stderr.isatty(), leave=False)
+
+
+def _case_progress(desc: str):
+    """A callback progress(done, total, case_id) that drives a tqdm bar."""
+    state: dict = {}
+
+    def update(done: int, total: int, case_id: str) -> None:
+        if "bar" not in state:
+            state["bar"] = _bar(total, desc)
+        state["bar"].update(1)
+        state["bar"].set_postfix_str(case_id)
+        if done == total:
+            state["bar"].close()
+
+    return update
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, seed=args.seed, epochs=args.epochs, max_minutes=args.max_minutes, log=_log)
+    return 0
+
+
+def _build_config(args: argparse.Namespace):
+    from .config import MedNCAConfig, parse_override
+
+    overrides = dict(parse_override(item) for item in args.set or [])
+    for flag in ("channel", "label", "axis"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    if args.config:
+        return MedNCAConfig.from_json(args.config).replace(**overrides)
+    return MedNCAConfig.preset(args.preset, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume and (args.set or args.config):
+        raise MedNCAError("--resume continues a run with its own config.json; drop --set/--config")
+    config = None if args.resume else _build_config(args)
+    result = train(args.data, args.out, config, seed=args.seed, split_file=args.split,
+                   max_minutes=args.max_minutes, epochs=args.epochs, resume=args.resume,
+                   overwrite=args.overwrite, progress=not args.no_progress, log=_log)
+    _log(f"done: {result.epochs_done} epochs, {result.batches_done} batches, best val Dice "
+         f"{result.best_val_dice:.4f}, {result.elapsed_s / 60:.1f} min; run folder {result.run_dir}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .predict import predict_file, predict_folder
+
+    model = load_model(args.checkpoint)
+    source = Path(args.input)
+    if source.is_dir():
+        written = predict_folder(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
+                                 seed=args.seed, overwrite=args.overwrite, progress=_case_progress("predict"))
+    elif source.is_file():
+        written = predict_file(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
+                               seed=args.seed, overwrite=args.overwrite)
+    else:
+        raise MedNCAError(f"input {source} does not exist")
+    _log(f"wrote {len(written)} file(s) to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folders, evaluate_run
+
+    if args.run:
+        if args.pred or args.gt:
+            raise MedNCAError("give either a RUN folder or --pred and --gt, not both")
+        results, path = evaluate_run(args.run, args.split, data_dir=args.data, ensemble=args.ensemble,
+                                     seed=args.seed, overwrite=args.overwrite,
+                                     progress=_case_progress(f"evaluate {args.split}"))
+    else:
+        if not (args.pred and args.gt and args.output):
+            raise MedNCAError("evaluate needs a RUN folder, or --pred DIR --gt DIR -o results.json")
+        results = evaluate_folders(args.pred, args.gt, args.output, label=args.label, overwrite=args.overwrite)
+        path = Path(args.output)
+    s = results["summary"]
+    _log(f"{len(results['cases'])} cases: Dice {s['dice']['mean']:.4f} ± {s['dice']['std']:.4f}, "
+         f"HD95 {s['hd95_mm']['mean']:.2f} ± {s['hd95_mm']['std']:.2f} mm; written to {path} and "
+         f"{path.with_suffix('.csv')}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import download_task
+
+    state: dict = {}
+
+    def progress(done: int, total: int | None) -> None:
+        if "bar" not in state:
+            from tqdm import tqdm
+
+            state["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc=args.task,
+                                disable=not sys.stderr.isatty())
+        state["bar"].update(done - state["bar"].n)
+
+    try:
+        folder = download_task(args.task, args.dest, url=args.url, md5=args.md5, overwrite=args.overwrite,
+                               progress=progress)
+    finally:
+        if "bar" in state:
+            state["bar"].close()
+    _log(f"{args.task} is ready in {folder}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import MedNCAConfig, PRESETS
+
+    import json
+
+    if args.name:
+        _log(json.dumps(MedNCAConfig.preset(args.name).to_dict(), indent=2))
+    else:
+        for name in PRESETS:
+            c = MedNCAConfig.preset(name)
+            _log(f"{name:18s} {c.channels} channels, {c.steps} steps/level, {c.image_size}² slices, "
+                 f"{c.patch_size}² patches, batch {c.batch_size}, lr {c.lr:g}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import read_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    meta, tensors = read_checkpoint(path)
+    n = sum(t.numel() for t in tensors.values())
+    _log(f"checkpoint {path}\n  mednca {meta.get('mednca_version')}, format {meta.get('format')}, "
+         f"{n:,} parameters" + (f", epoch {meta['epoch']}" if "epoch" in meta else "")
+         + (f", val Dice {float(meta['val_dice']):.4f}" if "val_dice" in meta else ""))
+    _log(json.dumps(json.loads(meta["config"]), indent=2))
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mednca", epilog=EPILOG,
+        description="Med-NCA: medical image segmentation with Neural Cellular Automata on a plain CPU.")
+    parser.add_argument("--version", action="version", version=f"mednca {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train and test on a built-in synthetic dataset (~2 min)",
+                       description="Make a procedural MRI-like dataset, train a small Med-NCA on it "
+                                   "and print its test Dice. Needs no data and no internet.")
+    p.add_argument("--out", help="keep the dataset and run here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--max-minutes", type=float, default=4.0, help="training time budget (default 4)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a Med-NCA on an MSD or nnU-Net task folder",
+                       description="Train Med-NCA on 2D slices of a Medical Segmentation Decathlon "
+                                   "(imagesTr/, labelsTr/, dataset.json) or nnU-Net v2 raw folder. "
+                                   "Writes config, split, log and checkpoints to the run folder.")
+    p.add_argument("--data", required=True, help="task folder with imagesTr/ and labelsTr/")
+    p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    p.add_argument("--preset", default="hippocampus", help="named settings (see 'mednca presets'); "
+                   "default hippocampus")
+    p.add_argument("--config", help="a config.json to start from instead of a preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=32 --set 'betas=[0.9,0.99]' (repeatable)")
+    p.add_argument("--split", help="JSON with 'train' and 'test' (and optional 'val') case-id lists; "
+                   "default: a seeded 70/10/20 split")
+    p.add_argument("--seed", type=int, default=0, help="seed of split, batch order and NCA noise (default 0)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (overrides the preset)")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training")
+    p.add_argument("--channel", type=int, help="modality of 4D/nnU-Net images (e.g. prostate T2 = 0)")
+    p.add_argument("--label", type=int, help="keep only this label value as foreground "
+                   "(default: all labels > 0 merged, as the paper)")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), help="volume axis to slice along")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment a NIfTI file or a folder of them",
+                       description="Write binary masks with the input's exact shape, affine and header. "
+                                   "With --ensemble K also the mean probability (*_prob / prob/) and the "
+                                   "per-voxel standard deviation (*_std / std/).")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint)")
+    p.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz file or a folder (or task folder) of them")
+    p.add_argument("-o", "--output", required=True, help="output file (for a file input) or folder")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K", help="stochastic passes to average (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the NCA's fire masks (default 0)")
+    p.add_argument("--channel", type=int, help="modality of 4D images (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice, HD95 and volumes of masks against labels",
+                       description="Per-case Dice on hard 3D masks (both empty = 1, one empty = 0), 95%% "
+                                   "Hausdorff distance in mm and volumes, with mean ± std, to JSON and CSV. "
+                                   "Either compare two folders (--pred, --gt) or predict and score a "
+                                   "run's split (RUN --split test).")
+    p.add_argument("run", nargs="?", metavar="RUN", help="a run folder to evaluate on one of its splits")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split of RUN (default test)")
+    p.add_argument("--data", help="task folder of RUN (default: the one it was trained on)")
+    p.add_argument("--pred", help="folder of predicted masks ({case}.nii.gz)")
+    p.add_argument("--gt", help="folder of reference labels (or a task folder with labelsTr/)")
+    p.add_argument("-o", "--output", help="results JSON (a CSV is written beside it)")
+    p.add_argument("--label", type=int, help="label value to score (default: all labels > 0 merged)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K", help="stochastic passes for RUN (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fire masks for RUN (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("download", help="fetch and unpack a Medical Segmentation Decathlon task",
+                       description="Download an MSD task archive (needs internet), verify its MD5, resume "
+                                   "an interrupted download and unpack it. --url takes a local archive too.")
+    p.add_argument("task", metavar="TASK", help="e.g. Task04_Hippocampus")
+    p.add_argument("--dest", default=".", help="folder to put the task folder in (default: current)")
+    p.add_argument("--url", help="archive URL or local path instead of the official mirror")
+    p.add_argument("--md5", help="expected MD5 of the archive (default: the official one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing task folder")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("presets", help="list the named presets, or print one as JSON")
+    p.add_argument("name", nargs="?", help="a preset to print in full")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("info", help="show a checkpoint's version, size and config")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except MedNCAError as exc:
+        print(f"mednca: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = f" (checkpoint saved; continue with 'mednca train --resume --data {args.data} --out {args.out}')" \
+            if args.command == "train" else ""
+        print(f"mednca: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

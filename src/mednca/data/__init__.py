@@ -1,0 +1,1 @@
+"""Data: find cases in dataset folders, read and check volumes, slice them, split them."""

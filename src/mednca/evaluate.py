@@ -1,0 +1,163 @@
+"""Evaluation: predicted masks vs reference labels -> per-case metrics -> JSON and CSV.
+
+Dice is computed on hard 3D masks on the label's own voxel grid: two empty masks score 1, one
+empty and one non-empty mask score 0. HD95 is in mm (from the label's affine) and is left out
+(``null``) of the summary when either mask is empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data.cases import find_cases, nifti_files
+from .data.volumes import binarize, read_label
+from .errors import DataError
+from .fsutil import atomic_path, atomic_write_text, check_output
+from .metrics import case_metrics, summarize
+
+METRICS = ("dice", "hd95_mm", "volume_pred_ml", "volume_gt_ml")
+CONVENTIONS = ("Dice on hard 3D masks on the label grid; both empty = 1, one empty = 0. "
+               "HD95 = 95th percentile of symmetric surface distances in mm; undefined (null) "
+               "when either mask is empty and left out of its summary.")
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def evaluate_pairs(pairs: list[tuple[str, Path, Path]], label: int | None = None,
+                   progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Metrics for (case id, prediction file, label file) triples.
+
+    Predictions are binarised as > 0; labels with ``label`` (None = all labels > 0 merged).
+
+    Returns:
+        ``{"cases": [per-case dicts], "summary": {metric: {mean, std, ...}}, "conventions": str}``
+    """
+    if not pairs:
+        raise DataError("nothing to evaluate: no cases")
+    rows = []
+    for i, (case_id, pred_path, gt_path) in enumerate(pairs):
+        pred, gt = read_label(pred_path), read_label(gt_path)
+        if pred.data.shape != gt.data.shape:
+            raise DataError(f"case {case_id}: prediction shape {pred.data.shape} differs from label "
+                            f"shape {gt.data.shape}")
+        if not np.allclose(pred.affine, gt.affine, atol=1e-3):
+            raise DataError(f"case {case_id}: prediction and label have different affines")
+        rows.append({"case": case_id, **case_metrics(pred.data > 0, binarize(gt.data, label), gt.spacing)})
+        if progress:
+            progress(i + 1, len(pairs), case_id)
+    return {"cases": rows, "summary": summarize(rows, METRICS), "conventions": CONVENTIONS}
+
+
+def match_folders(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pair prediction files with label files by case id.
+
+    ``gt_dir`` may be a label folder or a task folder with ``labelsTr/``. Every prediction
+    needs a label; labels without a prediction are an error too (a missing case is not a pass).
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d in (pred_dir, gt_dir):
+        if not d.is_dir():
+            raise DataError(f"folder {d} does not exist")
+    if (gt_dir / "labelsTr").is_dir():
+        gt_dir = gt_dir / "labelsTr"
+    preds, gts = nifti_files(pred_dir), nifti_files(gt_dir)
+    if not preds:
+        raise DataError(f"no predicted masks (.nii.gz) in {pred_dir}")
+    missing_gt = sorted(set(preds) - set(gts))
+    if missing_gt:
+        raise DataError(f"{len(missing_gt)} prediction(s) without a label in {gt_dir}, e.g. {missing_gt[0]}")
+    missing_pred = sorted(set(gts) - set(preds))
+    if missing_pred:
+        raise DataError(f"{len(missing_pred)} label(s) without a prediction in {pred_dir}, e.g. {missing_pred[0]}")
+    return [(cid, preds[cid], gts[cid]) for cid in sorted(preds)]
+
+
+def write_results(results: dict, out_json: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write results to JSON and a CSV beside it (per-case rows, then mean and std rows)."""
+    out_json = Path(out_json)
+    out_csv = out_json.with_suffix(".csv")
+    for p in (out_json, out_csv):
+        check_output(p, overwrite)
+    atomic_write_text(out_json, json.dumps(_json_safe(results), indent=2) + "\n")
+    with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", *METRICS])
+        for row in results["cases"]:
+            writer.writerow([row["case"], *(_fmt(row[m]) for m in METRICS)])
+        for stat in ("mean", "std"):
+            writer.writerow([stat, *(_fmt(results["summary"][m][stat]) for m in METRICS)])
+    return out_json, out_csv
+
+
+def _fmt(value: float) -> str:
+    return "" if not math.isfinite(value) else f"{value:.6g}"
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_json: str | Path | None = None, *,
+                     label: int | None = None, overwrite: bool = False) -> dict:
+    """Evaluate a folder of predicted masks against a folder of labels; optionally write results."""
+    results = evaluate_pairs(match_folders(pred_dir, gt_dir), label)
+    if out_json is not None:
+        write_results(results, out_json, overwrite)
+    return results
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Path | None = None,
+                 ensemble: int = 1, seed: int = 0, overwrite: bool = False,
+                 progress: Callable[[int, int, str], None] | None = None) -> tuple[dict, Path]:
+    """Predict a run's ``split`` cases with its best checkpoint and evaluate them.
+
+    Writes masks to ``RUN/predictions_{split}/`` and results to ``RUN/eval_{split}.json`` (+ CSV).
+
+    Returns:
+        (results, path of the JSON file)
+    """
+    from .checkpoint import load_model
+    from .predict import predict_volume, write_like
+    from .data.volumes import read_image
+
+    import torch
+
+    run_dir = Path(run_dir)
+    for name in ("split.json", "run.json"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir} is not a run folder (no {name})")
+    split_ids = json.loads((run_dir / "split.json").read_text())
+    if split not in split_ids:
+        raise DataError(f"split {split!r} not in {run_dir / 'split.json'} (has {', '.join(split_ids)})")
+    data_dir = Path(data_dir) if data_dir else Path(json.loads((run_dir / "run.json").read_text())["data"])
+    model = load_model(run_dir)
+    wanted = set(split_ids[split])
+    cases = [c for c in find_cases(data_dir, model.config.channel) if c.case_id in wanted]
+    if len(cases) != len(wanted):
+        raise DataError(f"{len(wanted) - len(cases)} {split} case(s) of the run are missing in {data_dir}")
+    out_json = run_dir / f"eval_{split}.json"
+    check_output(out_json, overwrite)
+    pred_dir = run_dir / f"predictions_{split}"
+    pairs = []
+    for i, case in enumerate(cases):
+        volume = read_image(case.image, case.channel)
+        pred = predict_volume(model, volume.data, ensemble, torch.Generator().manual_seed(seed))
+        pairs.append((case.case_id, write_like(pred.mask, volume, pred_dir / f"{case.case_id}.nii.gz"), case.label))
+        if progress:
+            progress(i + 1, len(cases), case.case_id)
+    results = evaluate_pairs(pairs, model.config.label)
+    results["run"] = str(run_dir)
+    results["split"] = split
+    results["ensemble"] = ensemble
+    write_results(results, out_json, overwrite)
+    return results, out_json

@@ -1,0 +1,151 @@
+"""``MedNCA``: two NCA levels with separate weights, a coarse global one and a fine local one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MedNCAConfig
+from .nca import NCALevel
+
+
+class MedNCA(nn.Module):
+    """Med-NCA (Kalkhof, González, Mukhopadhyay, IPMI 2023).
+
+    Level 1 runs ``steps`` steps on the image down-scaled by ``scale`` (global context); its
+    state is up-scaled (nearest), channel 0 is replaced by the full-resolution image, and level 2
+    runs ``steps`` steps at full resolution: on the whole image at inference, on one random patch
+    per sample in training (this is what keeps training memory low).
+
+    Args:
+        config: The model's configuration (see :class:`MedNCAConfig`).
+    """
+
+    def __init__(self, config: MedNCAConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else MedNCAConfig()
+        c = self.config
+        self.level1 = NCALevel(c.channels, c.hidden, c.fire_rate)
+        self.level2 = NCALevel(c.channels, c.hidden, c.fire_rate)
+
+    # -- pieces ----------------------------------------------------------------------------
+    def seed(self, images: Tensor) -> Tensor:
+        """(B, 1, H, W) images -> (B, C, H, W) initial state: channel 0 = image, the rest 0."""
+        b, _, h, w = images.shape
+        hidden = images.new_zeros((b, self.config.channels - 1, h, w))
+        return torch.cat((images, hidden), 1)
+
+    def global_state(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Level 1 on the down-scaled images, handed to full resolution.
+
+        Returns:
+            (B, C, H, W) state: level-1 state up-scaled (nearest), channel 0 = full-res image.
+        """
+        s = self.config.scale
+        small = F.avg_pool2d(images, s)  # (B, 1, H/s, W/s)
+        state = self.level1(self.seed(small), self.config.steps, generator)
+        state = F.interpolate(state, scale_factor=s, mode="nearest")  # (B, C, H, W)
+        return torch.cat((images, state[:, 1:]), 1)
+
+    def patch_origins(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, 1, H, W) labels -> (B, 2) top-left (row, col) of one training patch per sample.
+
+        With probability ``fg_patch_prob`` a patch is centred on a random foreground pixel
+        (clamped to the image); otherwise its position is uniform.
+        """
+        b, _, h, w = labels.shape
+        p = self.config.patch_size
+        device = labels.device
+        origins = torch.stack(
+            (torch.randint(0, h - p + 1, (b,), generator=generator, device=device),
+             torch.randint(0, w - p + 1, (b,), generator=generator, device=device)), 1)
+        prob = self.config.fg_patch_prob
+        if prob > 0:
+            use_fg = torch.rand((b,), generator=generator, device=device) < prob
+            pick = torch.rand((b,), generator=generator, device=device)
+            for i in range(b):
+                fg = torch.nonzero(labels[i, 0] > 0.5)  # (N, 2)
+                if use_fg[i] and len(fg):
+                    centre = fg[min(int(pick[i] * len(fg)), len(fg) - 1)]
+                    origins[i, 0] = (centre[0] - p // 2).clamp(0, h - p)
+                    origins[i, 1] = (centre[1] - p // 2).clamp(0, w - p)
+        return origins
+
+    @staticmethod
+    def crop(x: Tensor, origins: Tensor, size: int) -> Tensor:
+        """(B, C, H, W) -> (B, C, size, size): the window at ``origins[i]`` of each sample."""
+        return torch.stack([x[i, :, r:r + size, c:c + size]
+                            for i, (r, c) in enumerate(origins.tolist())])
+
+    def _check(self, images: Tensor) -> None:
+        c = self.config
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"images must be (B, 1, H, W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % c.scale or w % c.scale or min(h, w) < 2 * c.scale:
+            raise ValueError(f"image sides must be multiples of scale={c.scale} and >= {2 * c.scale}, got {h}x{w}")
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, images: Tensor, labels: Tensor | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Segment images.
+
+        Args:
+            images: (B, 1, H, W) images, H and W multiples of ``scale``.
+            labels: Optional (B, 1, H, W) binary labels. Given, the model runs in training mode:
+                level 2 on one random patch per sample.
+            generator: Source of all randomness (fire masks, patch positions).
+
+        Returns:
+            (B, 1, H, W) logits of the whole image, or with ``labels`` a tuple
+            ``(logits_p, labels_p)`` of (B, 1, P, P) patch logits and the same patch of labels.
+        """
+        self._check(images)
+        state = self.global_state(images, generator)  # (B, C, H, W)
+        if labels is None:
+            return self.level2(state, self.config.steps, generator)[:, 1:2]
+        if labels.shape != images.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must match images {tuple(images.shape)}")
+        p = self.config.patch_size
+        origins = self.patch_origins(labels, generator)
+        state_p = self.crop(state, origins, p)  # (B, C, P, P)
+        labels_p = self.crop(labels, origins, p)  # (B, 1, P, P)
+        return self.level2(state_p, self.config.steps, generator)[:, 1:2], labels_p
+
+    @torch.no_grad()
+    def predict_proba(self, images: Tensor, ensemble: int = 1,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Foreground probabilities from ``ensemble`` stochastic passes.
+
+        Returns:
+            (mean, std): two (B, 1, H, W) tensors, the mean sigmoid probability and its
+            per-pixel standard deviation over the passes (zeros when ``ensemble == 1``).
+        """
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        probs = torch.stack([torch.sigmoid(self(images, generator=generator)) for _ in range(ensemble)])
+        std = probs.std(0, unbiased=False) if ensemble > 1 else torch.zeros_like(probs[0])
+        return probs.mean(0), std
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path, **metadata: str) -> Path:
+        """Write weights + config + package version to one safetensors file (atomically)."""
+        from .checkpoint import save_model
+
+        return save_model(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MedNCA":
+        """Load a checkpoint file, or a run folder's best (else last) checkpoint.
+
+        Loading never executes code from the file (safetensors + JSON only).
+        """
+        from .checkpoint import load_model
+
+        return load_model(path)

@@ -1,0 +1,141 @@
+"""Inference: a NIfTI volume in, a binary mask (and optionally probability and uncertainty) out.
+
+Outputs keep the input's exact shape, affine and header geometry. With ``ensemble=K`` the model
+runs K stochastic passes (the NCA's fire masks differ per pass); the mean probability and the
+per-voxel standard deviation are written too, the latter being the NCA's own uncertainty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data.cases import find_cases, strip_nifti
+from .data.slices import image_slices, to_volume
+from .data.volumes import Volume, read_image
+from .errors import DataError
+from .fsutil import atomic_path, check_output
+from .model import MedNCA
+
+
+@dataclass
+class Prediction:
+    """A volume's prediction on its original grid.
+
+    Attributes:
+        probability: (X, Y, Z) mean foreground probability in [0, 1].
+        std: (X, Y, Z) per-voxel standard deviation over the ensemble passes (zeros for K=1).
+    """
+
+    probability: np.ndarray
+    std: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(X, Y, Z) uint8 binary mask: probability > 0.5."""
+        return (self.probability > 0.5).astype(np.uint8)
+
+
+@torch.no_grad()
+def predict_volume(model: MedNCA, volume: np.ndarray, ensemble: int = 1,
+                   generator: torch.Generator | None = None, batch_size: int = 64) -> Prediction:
+    """Segment a 3D image slice by slice along the model's configured axis.
+
+    Args:
+        model: A trained MedNCA.
+        volume: (X, Y, Z) image array (any intensity range; slices are normalised like in training).
+        ensemble: Stochastic passes K to average.
+        generator: Source of the fire masks (seed it for reproducible outputs).
+        batch_size: Slices per forward pass.
+    """
+    if volume.ndim != 3:
+        raise DataError(f"expected a 3D volume, got shape {volume.shape}")
+    cfg = model.config
+    model.eval()
+    slices = image_slices(volume, cfg.axis, cfg.image_size, cfg.interpolation)  # (N, 1, S, S)
+    means, stds = [], []
+    for s in range(0, slices.shape[0], batch_size):
+        mean, std = model.predict_proba(slices[s:s + batch_size], ensemble, generator)
+        means.append(mean)
+        stds.append(std)
+    prob = to_volume(torch.cat(means), volume.shape, cfg.axis).clip(0.0, 1.0)
+    std = to_volume(torch.cat(stds), volume.shape, cfg.axis).clip(0.0, None)
+    return Prediction(prob.astype(np.float32), std.astype(np.float32))
+
+
+def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:
+    """Write ``data`` as NIfTI with the reference volume's affine and header geometry (atomically)."""
+    import nibabel as nib
+
+    header = reference.header.copy()
+    header.set_data_dtype(data.dtype)
+    if len(header.get_data_shape()) != data.ndim:  # a 4D input with a selected channel
+        header.set_data_shape(data.shape)
+    image = nib.Nifti1Image(data, reference.affine, header)
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    with atomic_path(path) as tmp:
+        target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression by extension
+        nib.save(image, str(target))
+        target.replace(tmp)
+    return path
+
+
+def _sidecar(path: Path, tag: str) -> Path:
+    stem = strip_nifti(path.name) or path.stem
+    suffix = path.name[len(stem):] or ".nii.gz"
+    return path.with_name(f"{stem}_{tag}{suffix}")
+
+
+def predict_file(model: MedNCA, image: str | Path, output: str | Path, *, channel: int | None = None,
+                 ensemble: int = 1, seed: int = 0, overwrite: bool = False) -> list[Path]:
+    """Predict one NIfTI file; write the mask to ``output`` (and ``*_prob``/``*_std`` beside it
+    when ``ensemble > 1``). Returns the written paths."""
+    output = Path(output)
+    if strip_nifti(output.name) is None:
+        raise DataError(f"output {output} must end in .nii.gz or .nii")
+    targets = [output] + ([_sidecar(output, "prob"), _sidecar(output, "std")] if ensemble > 1 else [])
+    for t in targets:
+        check_output(t, overwrite)
+    volume = read_image(image, model.config.channel if channel is None else channel)
+    pred = predict_volume(model, volume.data, ensemble, torch.Generator().manual_seed(seed))
+    write_like(pred.mask, volume, targets[0])
+    if ensemble > 1:
+        write_like(pred.probability, volume, targets[1])
+        write_like(pred.std, volume, targets[2])
+    return targets
+
+
+def predict_folder(model: MedNCA, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
+                   ensemble: int = 1, seed: int = 0, overwrite: bool = False,
+                   progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
+    """Predict every case of a folder of images (or of an MSD/nnU-Net task's ``imagesTr``).
+
+    Masks go to ``out_dir/{case}.nii.gz``; with ``ensemble > 1`` the mean probability goes to
+    ``out_dir/prob/`` and the standard deviation to ``out_dir/std/`` under the same name.
+    """
+    folder, out_dir = Path(folder), Path(out_dir)
+    ch = model.config.channel if channel is None else channel
+    cases = find_cases(folder, ch, labels=None)  # imagesTr/ if there is one, else the folder
+    written: list[Path] = []
+    for i, case in enumerate(cases):
+        mask_path = out_dir / f"{case.case_id}.nii.gz"
+        targets = [mask_path]
+        if ensemble > 1:
+            targets += [out_dir / "prob" / mask_path.name, out_dir / "std" / mask_path.name]
+        for t in targets:
+            check_output(t, overwrite)
+        volume = read_image(case.image, case.channel)
+        pred = predict_volume(model, volume.data, ensemble, torch.Generator().manual_seed(seed))
+        write_like(pred.mask, volume, targets[0])
+        if ensemble > 1:
+            write_like(pred.probability, volume, targets[1])
+            write_like(pred.std, volume, targets[2])
+        written += targets
+        if progress:
+            progress(i + 1, len(cases), case.case_id)
+    return written

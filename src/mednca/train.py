@@ -1,0 +1,329 @@
+"""Training: batches of slices -> MedNCA -> Dice+BCE loss -> Adam, into a run folder.
+
+A run folder holds everything needed to understand, resume and reuse a run::
+
+    RUN/config.json        the full config           RUN/split.json   train/val/test case ids
+    RUN/run.json           data folder, seed, version RUN/log.csv      one row per epoch
+    RUN/checkpoints/last.safetensors  (+ last.state.safetensors: optimiser, generator, counters)
+    RUN/checkpoints/best.safetensors  the best validation Dice so far
+
+Every file is written atomically, so killing a run never loses what was already written, and
+``resume=True`` continues from the last checkpoint exactly as if the run had not stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import load_model, load_training_state, save_training_state
+from .config import MedNCAConfig
+from .data.cases import find_cases
+from .data.slices import SliceData, load_slices
+from .data.splits import load_split, make_split, save_split
+from .errors import CheckpointError, DataError, MedNCAError, OutputExistsError
+from .fsutil import atomic_write_text
+from .losses import dice_bce_loss
+from .model import MedNCA
+from .version import __version__
+
+LOG_FIELDS = ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollbacks", "elapsed_s")
+
+
+class TrainingError(MedNCAError):
+    """Training cannot go on (e.g. the loss stays non-finite after rolling back)."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training run reports."""
+
+    run_dir: Path
+    epochs_done: int
+    batches_done: int
+    best_val_dice: float
+    elapsed_s: float
+    stopped_early: bool
+
+
+def epoch_order(data: SliceData, config: MedNCAConfig, seed: int, epoch: int) -> torch.Tensor:
+    """Slice indices of one epoch, a deterministic function of (seed, epoch).
+
+    Slices without foreground are kept with probability ``empty_slice_prob``.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    keep = data.foreground() | (torch.rand(len(data), generator=g) < config.empty_slice_prob)
+    idx = keep.nonzero().squeeze(1)
+    idx = idx[torch.randperm(len(idx), generator=g)]
+    n_batches = config.batches_per_epoch or max(1, len(idx) // config.batch_size)
+    need = n_batches * config.batch_size
+    if need > len(idx):  # repeat the permutation to fill a fixed-length epoch
+        idx = idx.repeat(math.ceil(need / len(idx)))
+    return idx[:need]
+
+
+def lr_at(config: MedNCAConfig, step: int) -> float:
+    """Learning rate of batch ``step``: linear warm-up, then exponential decay per batch."""
+    warm = min(1.0, (step + 1) / config.warmup_batches) if config.warmup_batches else 1.0
+    return config.lr * warm * config.lr_gamma ** step
+
+
+@torch.no_grad()
+def validation_dice(model: MedNCA, data: SliceData, seed: int, batch_size: int = 64) -> float:
+    """Mean per-case Dice (3D, on the resized slice grid) of hard predictions; nan if no data."""
+    if len(data) == 0:
+        return float("nan")
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 7919)
+    preds = []
+    for s in range(0, len(data), batch_size):
+        mean, _ = model.predict_proba(data.images[s:s + batch_size], model.config.val_ensemble, g)
+        preds.append(mean > 0.5)
+    pred = torch.cat(preds).flatten(1)
+    target = data.labels.flatten(1) > 0.5
+    scores = []
+    for i in range(len(data.case_ids)):
+        sel = data.case_index == i
+        p, t = pred[sel], target[sel]
+        total = p.sum() + t.sum()
+        scores.append(1.0 if total == 0 else float(2 * (p & t).sum() / total))
+    model.train()
+    return float(sum(scores) / len(scores))
+
+
+class _Snapshot:
+    """An in-memory copy of model and optimiser state to roll back to after a non-finite loss."""
+
+    def __init__(self, model: MedNCA, optimizer: torch.optim.Optimizer, step: int) -> None:
+        self.step = step
+        self.model = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = optimizer.state_dict()
+        self.opt_state = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                          for i, s in opt["state"].items()}
+        self.opt_groups = json.loads(json.dumps(opt["param_groups"]))
+
+    def restore(self, model: MedNCA, optimizer: torch.optim.Optimizer) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict({"state": {i: {k: (v.clone() if torch.is_tensor(v) else v)
+                                                 for k, v in s.items()} for i, s in self.opt_state.items()},
+                                   "param_groups": json.loads(json.dumps(self.opt_groups))})
+
+
+def _prepare_run(data_dir: Path, out: Path, config: MedNCAConfig, seed: int, split_file: Path | None,
+                 overwrite: bool) -> dict[str, list[str]]:
+    """Create the run folder with config, split and run info; return the split."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"run folder {out} already exists; pass --resume to continue it "
+                                "or --overwrite to start over")
+    cases = find_cases(data_dir, config.channel)
+    ids = [c.case_id for c in cases]
+    split = load_split(split_file, ids, seed) if split_file else make_split(ids, seed)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for stale in ("log.csv", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
+                  "checkpoints/best.safetensors"):
+        (out / stale).unlink(missing_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    save_split(split, out / "split.json")
+    info = {"data": str(data_dir.resolve()), "seed": seed, "mednca_version": __version__,
+            "split_file": str(split_file) if split_file else None, "torch_version": torch.__version__}
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
+    return split
+
+
+def _load_part(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str, log) -> SliceData:
+    wanted = set(ids)
+    cases = [c for c in find_cases(data_dir, config.channel) if c.case_id in wanted]
+    t0 = time.perf_counter()
+    data = load_slices(cases, config)
+    log(f"loaded {what}: {len(cases)} cases, {len(data)} slices ({time.perf_counter() - t0:.1f} s)")
+    return data
+
+
+def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = None, *, seed: int = 0,
+          split_file: str | Path | None = None, max_minutes: float | None = None,
+          epochs: int | None = None, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Train a Med-NCA on a dataset folder and write a run folder.
+
+    Args:
+        data_dir: MSD or nnU-Net raw task folder (``imagesTr/``, ``labelsTr/``).
+        out: Run folder to create (or continue with ``resume``).
+        config: Model and training settings (default: the hippocampus preset). Ignored on
+            resume: the run's own ``config.json`` is used.
+        seed: Seed of the split, the batch order, the fire masks and patch positions.
+        split_file: JSON with ``train``/``test`` (and optional ``val``) case ids; default a seeded
+            70/10/20 split.
+        max_minutes: Stop after this much training wall time (checkpoints are kept).
+        epochs: Override ``config.epochs``.
+        resume: Continue the run in ``out`` from its last checkpoint.
+        overwrite: Replace an existing run folder.
+        progress: Show a progress bar (on a terminal).
+        log: Where one-line status messages go.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    state_file = out / "checkpoints" / "last.state.safetensors"
+    if resume:
+        if not state_file.is_file() or not (out / "config.json").is_file():
+            raise CheckpointError(f"{out} has no checkpoint to resume from (expected {state_file})")
+        config = MedNCAConfig.from_json(out / "config.json")
+        info = json.loads((out / "run.json").read_text())
+        seed = int(info["seed"])
+        split = json.loads((out / "split.json").read_text())
+    else:
+        config = config or MedNCAConfig.preset("hippocampus")
+        split = _prepare_run(data_dir, out, config, seed, Path(split_file) if split_file else None, overwrite)
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
+
+    train_data = _load_part(data_dir, config, split["train"], "train", log)
+    val_data = _load_part(data_dir, config, split["val"], "val", log)
+    if len(train_data) == 0:
+        raise DataError("the training split has no slices")
+    if not bool(train_data.foreground().any()):
+        raise DataError(f"no foreground in any training label under {data_dir} "
+                        f"(label={config.label}); check the label folder and --label")
+
+    model = load_model(out / "checkpoints" / "last.safetensors").train() if resume else MedNCA(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    generator = torch.Generator().manual_seed(seed)
+    counters = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": -1.0, "lr_scale": 1.0, "elapsed_s": 0.0}
+    if resume:
+        counters.update(load_training_state(state_file, optimizer, generator))
+        log(f"resuming {out} at epoch {counters['epoch'] + 1}, batch {counters['batch_in_epoch']}")
+    log(f"model: {model.num_parameters():,} parameters, {config.channels} channels, {config.steps} steps/level")
+
+    def save_last() -> None:
+        model.save(out / "checkpoints" / "last.safetensors", epoch=str(counters["epoch"]))
+        save_training_state(state_file, optimizer, generator, counters)
+
+    budget_s = max_minutes * 60.0 if max_minutes else math.inf
+    base_elapsed = counters["elapsed_s"]  # training time of earlier sessions of this run
+    t_start = time.perf_counter()
+    stopped_early = False
+    rollbacks_total = 0
+    snapshot = _Snapshot(model, optimizer, counters["step"])
+    bar = None
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    if sys.platform != "win32":
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while counters["epoch"] < config.epochs and not stopped_early:
+            order = epoch_order(train_data, config, seed, counters["epoch"])
+            n_batches = len(order) // config.batch_size
+            bar = _progress(n_batches, counters, config, progress)
+            losses, rollbacks = [], 0
+            while counters["batch_in_epoch"] < n_batches:
+                if time.perf_counter() - t_start >= budget_s:
+                    stopped_early = True
+                    break
+                b = counters["batch_in_epoch"]
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                lr = lr_at(config, counters["step"]) * counters["lr_scale"]
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits, target = model(train_data.images[idx], train_data.labels[idx], generator=generator)
+                loss = dice_bce_loss(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(
+                        model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
+                    finite = bool(torch.isfinite(norm))
+                if not finite:
+                    rollbacks += 1
+                    rollbacks_total += 1
+                    if rollbacks_total > 20:
+                        raise TrainingError("the loss stayed non-finite after 20 roll-backs; "
+                                            "lower --set lr=... or set grad_clip")
+                    snapshot.restore(model, optimizer)
+                    counters["lr_scale"] *= 0.5
+                    _say(bar, log, f"non-finite loss at batch {counters['step']}: rolled back to batch "
+                                   f"{snapshot.step}, learning rate scaled to x{counters['lr_scale']:g}")
+                    counters["step"] += 1
+                    counters["batch_in_epoch"] += 1
+                    continue
+                optimizer.step()
+                losses.append(loss.item())
+                counters["step"] += 1
+                counters["batch_in_epoch"] += 1
+                if counters["step"] % 50 == 0:
+                    snapshot = _Snapshot(model, optimizer, counters["step"])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            if bar is not None:
+                bar.close()
+            epoch_complete = counters["batch_in_epoch"] >= n_batches
+            elapsed = base_elapsed + time.perf_counter() - t_start
+            if epoch_complete or losses:
+                val = validation_dice(model, val_data, seed)
+                improved = val > counters["best"] or (math.isnan(val) and epoch_complete)
+                if improved:
+                    counters["best"] = val if not math.isnan(val) else counters["best"]
+                    model.save(out / "checkpoints" / "best.safetensors", epoch=str(counters["epoch"] + 1),
+                               val_dice=f"{val:.6f}")
+                lr_now = lr_at(config, counters["step"]) * counters["lr_scale"]
+                row = {"epoch": counters["epoch"] + 1, "batches": counters["step"], "lr": f"{lr_now:.6g}",
+                       "train_loss": f"{sum(losses) / max(1, len(losses)):.6f}", "val_dice": f"{val:.6f}",
+                       "best": int(improved), "rollbacks": rollbacks, "elapsed_s": f"{elapsed:.1f}"}
+                _append_log(out / "log.csv", row)
+                log(f"epoch {row['epoch']}{'' if epoch_complete else ' (partial)'}: loss {row['train_loss']} "
+                    f"val Dice {val:.4f}{' (best)' if improved else ''}  [{elapsed / 60:.1f} min]")
+            if epoch_complete:
+                counters["epoch"] += 1
+                counters["batch_in_epoch"] = 0
+            counters["elapsed_s"] = elapsed
+            save_last()
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        counters["elapsed_s"] = base_elapsed + time.perf_counter() - t_start
+        save_last()
+        raise
+    finally:
+        if sys.platform != "win32":
+            signal.signal(signal.SIGTERM, previous_handler)
+    if stopped_early:
+        log(f"time budget of {max_minutes:g} min reached; checkpoints saved in {out / 'checkpoints'}")
+    return TrainResult(out, counters["epoch"], counters["step"], counters["best"],
+                       counters["elapsed_s"], stopped_early)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean stop as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def _say(bar, log, text: str) -> None:
+    if bar is not None:
+        bar.write(text)
+    else:
+        log(text)
+
+
+def _progress(n_batches: int, counters: dict, config: MedNCAConfig, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n_batches, initial=counters["batch_in_epoch"], leave=False, dynamic_ncols=True,
+                desc=f"epoch {counters['epoch'] + 1}/{config.epochs}", unit="batch")
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
