@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ class MedNCAConfig:
             with foreground when sampling a batch (1 = sample all slices uniformly).
         grad_clip: Max global gradient norm (0 = no clipping).
         val_ensemble: Stochastic passes averaged when computing validation Dice.
+
+    name: The preset this config came from ("custom" otherwise); informative only.
     """
 
     # model
@@ -79,7 +82,7 @@ class MedNCAConfig:
     empty_slice_prob: float = 1.0
     grad_clip: float = 0.0
     val_ensemble: int = 1
-    preset: str = field(default="custom", compare=False)
+    name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
         _positive = ("channels", "hidden", "steps", "scale", "image_size", "patch_size",
@@ -90,6 +93,13 @@ class MedNCAConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.channels < 2:
             raise ConfigError(f"channels must be >= 2 (image + logit), got {self.channels}")
+        for fname in ("fire_rate", "lr", "lr_gamma", "fg_patch_prob", "empty_slice_prob", "grad_clip"):
+            value = getattr(self, fname)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{fname} must be a finite number, got {value!r}")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2 or not all(
+                isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0.0 <= self.fire_rate <= 1.0:
             raise ConfigError(f"fire_rate must be in [0, 1], got {self.fire_rate}")
         if self.image_size % self.scale:
@@ -106,8 +116,6 @@ class MedNCAConfig:
             raise ConfigError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not 0.0 < self.lr_gamma <= 1.0:
             raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
@@ -130,7 +138,7 @@ class MedNCAConfig:
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
-        values = {**PRESETS[name], "preset": name}
+        values = {**PRESETS[name], "name": name}
         return cls.from_dict({**values, **overrides})
 
     def replace(self, **overrides: Any) -> "MedNCAConfig":
@@ -152,7 +160,7 @@ class MedNCAConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(data)
-        if "betas" in values:
+        if isinstance(values.get("betas"), list):
             values["betas"] = tuple(values["betas"])
         try:
             return cls(**values)

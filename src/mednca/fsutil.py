@@ -22,10 +22,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; use normal permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+        os.chmod(path, 0o666 & ~_umask())  # mkstemp (and some writers) make 0600 files
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -22,14 +22,15 @@ class MedNCA(nn.Module):
 
     Args:
         config: The model's configuration (see :class:`MedNCAConfig`).
+        generator: Source of the initial weights (default: torch's global generator).
     """
 
-    def __init__(self, config: MedNCAConfig | None = None) -> None:
+    def __init__(self, config: MedNCAConfig | None = None, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else MedNCAConfig()
         c = self.config
-        self.level1 = NCALevel(c.channels, c.hidden, c.fire_rate)
-        self.level2 = NCALevel(c.channels, c.hidden, c.fire_rate)
+        self.level1 = NCALevel(c.channels, c.hidden, c.fire_rate, generator)
+        self.level2 = NCALevel(c.channels, c.hidden, c.fire_rate, generator)
 
     # -- pieces ----------------------------------------------------------------------------
     def seed(self, images: Tensor) -> Tensor:

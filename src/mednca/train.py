@@ -18,6 +18,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,10 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
         raise DataError(f"no foreground in any training label under {data_dir} "
                         f"(label={config.label}); check the label folder and --label")
 
-    model = load_model(out / "checkpoints" / "last.safetensors").train() if resume else MedNCA(config).train()
+    if resume:
+        model = load_model(out / "checkpoints" / "last.safetensors").train()
+    else:
+        model = MedNCA(config, generator=torch.Generator().manual_seed(seed)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     generator = torch.Generator().manual_seed(seed)
     counters = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best": -1.0, "lr_scale": 1.0, "elapsed_s": 0.0}
@@ -212,9 +216,8 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
     rollbacks_total = 0
     snapshot = _Snapshot(model, optimizer, counters["step"])
     bar = None
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    if sys.platform != "win32":
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    batch_start_rng: torch.Tensor | None = None  # generator state before the batch in progress
+    stop = _StopRequest()
     try:
         while counters["epoch"] < config.epochs and not stopped_early:
             order = epoch_order(train_data, config, seed, counters["epoch"])
@@ -225,6 +228,9 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
                 if time.perf_counter() - t_start >= budget_s:
                     stopped_early = True
                     break
+                if stop.requested:
+                    raise KeyboardInterrupt
+                batch_start_rng = generator.get_state()
                 b = counters["batch_in_epoch"]
                 idx = order[b * config.batch_size:(b + 1) * config.batch_size]
                 lr = lr_at(config, counters["step"]) * counters["lr_scale"]
@@ -251,11 +257,13 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
                                    f"{snapshot.step}, learning rate scaled to x{counters['lr_scale']:g}")
                     counters["step"] += 1
                     counters["batch_in_epoch"] += 1
+                    batch_start_rng = None
                     continue
                 optimizer.step()
                 losses.append(loss.item())
                 counters["step"] += 1
                 counters["batch_in_epoch"] += 1
+                batch_start_rng = None  # the batch is complete
                 if counters["step"] % 50 == 0:
                     snapshot = _Snapshot(model, optimizer, counters["step"])
                 if bar is not None:
@@ -287,20 +295,42 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
+        if batch_start_rng is not None:  # a batch was cut short: it will be redone on resume
+            generator.set_state(batch_start_rng)
         counters["elapsed_s"] = base_elapsed + time.perf_counter() - t_start
         save_last()
+        log(f"interrupted: saved the position (epoch {counters['epoch'] + 1}, batch "
+            f"{counters['batch_in_epoch']}) to {out / 'checkpoints'}")
         raise
     finally:
-        if sys.platform != "win32":
-            signal.signal(signal.SIGTERM, previous_handler)
+        stop.restore()
     if stopped_early:
         log(f"time budget of {max_minutes:g} min reached; checkpoints saved in {out / 'checkpoints'}")
     return TrainResult(out, counters["epoch"], counters["step"], counters["best"],
                        counters["elapsed_s"], stopped_early)
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean stop as Ctrl-C
-    raise KeyboardInterrupt
+class _StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary (so the
+    saved position is exact); a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _say(bar, log, text: str) -> None:

@@ -1,0 +1,128 @@
+"""mednca.nca.NCALevel: identity at init, fire masks, channel 0 clamping, sparse == dense."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mednca.nca import NCALevel
+
+C, HIDDEN = 6, 12
+
+
+def _randomise(level: NCALevel, seed: int = 0) -> NCALevel:
+    """Give every weight (incl. the zero-initialised fc1) random non-zero values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in level.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return level
+
+
+def _state(b: int = 2, h: int = 8, w: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randn((b, C, h, w), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("steps", [0, 1, 5])
+def test_fresh_level_is_identity(steps):
+    level = NCALevel(C, HIDDEN, fire_rate=1.0)
+    assert torch.count_nonzero(level.fc1.weight) == 0
+    x = _state()
+    assert torch.equal(level(x, steps), x)
+    with torch.no_grad():  # sparse path too
+        assert torch.equal(level(x, steps), x)
+
+
+def test_fire_rate_zero_changes_nothing():
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.0))
+    x = _state()
+    assert torch.equal(level(x, 3), x)
+    with torch.no_grad():
+        assert torch.equal(level(x, 3), x)
+
+
+def test_fire_rate_one_updates_all_cells():
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=1.0))
+    x = _state()
+    y = level(x, 1)
+    changed = (y[:, 1:] != x[:, 1:]).any(1)  # (B, H, W): some hidden channel changed
+    assert changed.all()
+    expected = x + level.update(x)
+    assert torch.allclose(y[:, 1:], expected[:, 1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_channel_zero_stays_the_image(grad):
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    x = _state()
+    with torch.set_grad_enabled(grad):
+        y = level(x, 7, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(y[:, 0], x[:, 0])
+    assert not torch.equal(y[:, 1:], x[:, 1:])
+
+
+@pytest.mark.parametrize("chunk", [4096, 7])
+def test_step_sparse_matches_dense(chunk):
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    x = _state(h=9, w=7)
+    mask = level.fire_mask(x, torch.Generator().manual_seed(5))
+    assert 0 < mask.sum() < mask.numel()
+    dense = x + level.update(x) * mask
+    dense = torch.cat((x[:, :1], dense[:, 1:]), 1).detach()
+    with torch.no_grad():
+        sparse = level.step_sparse(x, mask, chunk=chunk)
+    assert sparse.shape == x.shape
+    assert torch.allclose(sparse, dense, atol=1e-5, rtol=1e-5)
+    assert torch.equal(sparse[:, 0], x[:, 0])
+    unfired = (mask == 0).expand_as(x)
+    assert torch.equal(sparse[unfired], x[unfired])
+
+
+def test_no_grad_step_equals_grad_step_for_same_generator_seed():
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    x = _state()
+    dense = level(x, 4, generator=torch.Generator().manual_seed(9)).detach()
+    with torch.no_grad():
+        sparse = level(x, 4, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(sparse, dense, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, C, 8), (2, C + 1, 8, 8), (2, 1, 8, 8), (C, 8, 8)])
+def test_wrong_state_shape_raises(shape):
+    with pytest.raises(ValueError, match="expected"):
+        NCALevel(C, HIDDEN)(torch.zeros(shape), 1)
+
+
+@pytest.mark.parametrize("kwargs", [dict(channels=1), dict(channels=4, hidden=0),
+                                    dict(channels=4, fire_rate=1.5), dict(channels=4, fire_rate=-0.1)])
+def test_invalid_constructor_args_raise(kwargs):
+    with pytest.raises(ValueError):
+        NCALevel(**kwargs)
+
+
+def test_perceive_shape_and_reflect_padding():
+    level = _randomise(NCALevel(C, HIDDEN))
+    x = _state(h=5, w=6)
+    p = level.perceive(x)
+    assert p.shape == (2, 3 * C, 5, 6)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    assert torch.equal(p[:, :C], x)
+    assert torch.allclose(p[:, C:2 * C], F.conv2d(padded, level.p0.weight, level.p0.bias), atol=1e-5)
+    assert torch.allclose(p[:, 2 * C:], F.conv2d(padded, level.p1.weight, level.p1.bias), atol=1e-5)
+    # not zero padding: the border differs from a zero-padded conv
+    zero = F.conv2d(x, level.p0.weight, level.p0.bias, padding=1)
+    assert not torch.allclose(p[:, C:2 * C], zero, atol=1e-3)
+
+
+def test_fire_mask_rate_and_reproducibility():
+    level = NCALevel(C, HIDDEN, fire_rate=0.3)
+    x = torch.zeros((4, C, 64, 64))
+    m1 = level.fire_mask(x, torch.Generator().manual_seed(11))
+    m2 = level.fire_mask(x, torch.Generator().manual_seed(11))
+    m3 = level.fire_mask(x, torch.Generator().manual_seed(12))
+    assert m1.shape == (4, 1, 64, 64) and m1.dtype == x.dtype
+    assert set(m1.unique().tolist()) <= {0.0, 1.0}
+    assert abs(m1.mean().item() - 0.3) < 0.02
+    assert torch.equal(m1, m2)
+    assert not torch.equal(m1, m3)

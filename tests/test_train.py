@@ -1,0 +1,220 @@
+"""mednca.train: the run folder, exact resume, interrupts, non-finite losses, lr and batch order."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mednca.train as train_mod
+from mednca.config import MedNCAConfig
+from mednca.data.slices import SliceData
+from mednca.errors import CheckpointError, DataError, OutputExistsError
+from mednca.train import TrainingError, epoch_order, lr_at, train
+
+
+def _quiet(**kwargs):
+    return dict(progress=False, log=lambda s: None, **kwargs)
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoints" / "last.safetensors"))
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _log(run):
+    with (run / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _fail_on_call(n, make):
+    """A dice_bce_loss wrapper whose ``n``-th call returns ``make(loss)`` (or raises it)."""
+    original = train_mod.dice_bce_loss
+    calls = {"n": 0}
+
+    def wrapper(logits, target):
+        calls["n"] += 1
+        loss = original(logits, target)
+        if calls["n"] == n:
+            result = make(loss)
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        return loss
+
+    return wrapper
+
+
+def test_run_folder(tmp_path, synthetic_task, tiny_config):
+    out = tmp_path / "run"
+    result = train(synthetic_task, out, tiny_config, seed=0, **_quiet())
+    assert (result.epochs_done, result.batches_done, result.stopped_early) == (2, 12, False)
+    assert MedNCAConfig.from_json(out / "config.json") == tiny_config
+    split = json.loads((out / "split.json").read_text())
+    parts = [set(split[k]) for k in ("train", "val", "test")]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set().union(*parts) == {f"synth_{i:03d}" for i in range(6)}
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 0 and info["data"] == str(synthetic_task.resolve())
+    rows = _log(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["batches"] for r in rows] == ["6", "12"]  # 4 train cases x 6 slices / batch 4
+    assert rows[0]["best"] == "1"
+    for name in ("last.safetensors", "last.state.safetensors", "best.safetensors"):
+        assert (out / "checkpoints" / name).is_file()
+    assert all(torch.isfinite(t).all() for t in _weights(out).values())
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+def test_existing_run_folder_needs_overwrite(tmp_path, synthetic_task, tiny_config):
+    out = tmp_path / "run"
+    train(synthetic_task, out, tiny_config, epochs=1, **_quiet())
+    with pytest.raises(OutputExistsError):
+        train(synthetic_task, out, tiny_config, epochs=1, **_quiet())
+    result = train(synthetic_task, out, tiny_config, epochs=1, overwrite=True, **_quiet())
+    assert result.epochs_done == 1 and len(_log(out)) == 1
+
+
+def test_resume_without_checkpoint_raises(tmp_path, synthetic_task):
+    with pytest.raises(CheckpointError):
+        train(synthetic_task, tmp_path / "empty", resume=True, **_quiet())
+
+
+def test_resume_is_exact(tmp_path, synthetic_task, tiny_config):
+    train(synthetic_task, tmp_path / "straight", tiny_config, seed=0, epochs=2, **_quiet())
+    train(synthetic_task, tmp_path / "resumed", tiny_config, seed=0, epochs=1, **_quiet())
+    assert len(_log(tmp_path / "resumed")) == 1
+    result = train(synthetic_task, tmp_path / "resumed", None, resume=True, epochs=2, **_quiet())
+    assert (result.epochs_done, result.batches_done) == (2, 12)
+    assert _same(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
+    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
+    assert [r["train_loss"] for r in straight] == [r["train_loss"] for r in resumed]
+
+
+def test_interrupt_leaves_resumable_checkpoint(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "dice_bce_loss", _fail_on_call(4, lambda loss: KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_task, out, tiny_config, seed=0, **_quiet())
+    assert (out / "checkpoints" / "last.safetensors").is_file()
+    assert (out / "checkpoints" / "last.state.safetensors").is_file()
+    assert not (out / "log.csv").exists()  # no epoch finished
+    monkeypatch.undo()
+    result = train(synthetic_task, out, None, resume=True, **_quiet())
+    assert (result.epochs_done, result.batches_done) == (2, 12)
+    assert [r["epoch"] for r in _log(out)] == ["1", "2"]
+
+
+def test_resume_after_interrupt_is_exact(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    train(synthetic_task, tmp_path / "straight", tiny_config, seed=0, **_quiet())
+    monkeypatch.setattr(train_mod, "dice_bce_loss", _fail_on_call(4, lambda loss: KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_task, tmp_path / "resumed", tiny_config, seed=0, **_quiet())
+    monkeypatch.undo()
+    train(synthetic_task, tmp_path / "resumed", None, resume=True, **_quiet())
+    assert _same(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
+
+
+def test_same_seed_gives_same_run(tmp_path, synthetic_task, tiny_config):
+    torch.manual_seed(1)
+    train(synthetic_task, tmp_path / "a", tiny_config, seed=0, epochs=1, **_quiet())
+    torch.manual_seed(2)
+    train(synthetic_task, tmp_path / "b", tiny_config, seed=0, epochs=1, **_quiet())
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+
+
+def test_non_finite_loss_rolls_back(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "dice_bce_loss", _fail_on_call(3, lambda loss: loss * float("nan")))
+    messages = []
+    result = train(synthetic_task, out, tiny_config, seed=0, progress=False, log=messages.append)
+    assert result.epochs_done == 2
+    assert [r["rollbacks"] for r in _log(out)] == ["1", "0"]
+    assert any("non-finite loss" in m for m in messages)
+    for name in ("last.safetensors", "best.safetensors"):
+        tensors = load_file(str(out / "checkpoints" / name))
+        assert all(torch.isfinite(t).all() for t in tensors.values())
+    # the learning rate was halved after the rollback
+    assert float(_log(out)[1]["lr"]) == pytest.approx(lr_at(tiny_config, 12) * 0.5, rel=1e-4)
+
+
+def test_persistently_non_finite_loss_stops(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    monkeypatch.setattr(train_mod, "dice_bce_loss", lambda logits, target: logits.sum() * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite"):
+        train(synthetic_task, tmp_path / "run", tiny_config, epochs=4, **_quiet())
+
+
+def test_split_with_unknown_case_raises(tmp_path, synthetic_task, tiny_config):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["synth_000", "nope_999"], "val": ["synth_001"],
+                                 "test": ["synth_002"]}))
+    with pytest.raises(DataError, match="nope_999"):
+        train(synthetic_task, tmp_path / "run", tiny_config, split_file=split, **_quiet())
+
+
+def test_split_file_is_used(tmp_path, synthetic_task, tiny_config):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["synth_000", "synth_001"], "val": ["synth_002"],
+                                 "test": ["synth_003"]}))
+    result = train(synthetic_task, tmp_path / "run", tiny_config, split_file=split, epochs=1, **_quiet())
+    saved = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert saved == {"train": ["synth_000", "synth_001"], "val": ["synth_002"], "test": ["synth_003"]}
+    assert result.batches_done == 3  # 2 cases x 6 slices / batch 4
+
+
+def test_labels_without_foreground_raise(tmp_path, synthetic_task, tiny_config):
+    import nibabel as nib
+    import numpy as np
+
+    for path in (synthetic_task / "labelsTr").glob("*.nii.gz"):
+        img = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), str(path))
+    with pytest.raises(DataError, match="no foreground"):
+        train(synthetic_task, tmp_path / "run", tiny_config, **_quiet())
+
+
+def test_time_budget_stops_early(tmp_path, synthetic_task, tiny_config):
+    out = tmp_path / "run"
+    result = train(synthetic_task, out, tiny_config, max_minutes=1e-9, **_quiet())
+    assert result.stopped_early and result.epochs_done == 0 and result.batches_done == 0
+    assert (out / "checkpoints" / "last.state.safetensors").is_file()
+
+
+def test_lr_at():
+    cfg = MedNCAConfig(lr=1e-3, lr_gamma=0.9, warmup_batches=4, name="custom")
+    assert lr_at(cfg, 0) == pytest.approx(1e-3 * 0.25)
+    assert lr_at(cfg, 1) == pytest.approx(1e-3 * 0.5 * 0.9)
+    assert lr_at(cfg, 3) == pytest.approx(1e-3 * 0.9 ** 3)
+    assert lr_at(cfg, 10) == pytest.approx(1e-3 * 0.9 ** 10)
+    no_warmup = cfg.replace(warmup_batches=0)
+    assert lr_at(no_warmup, 0) == pytest.approx(1e-3)
+    assert lr_at(no_warmup, 5) == pytest.approx(1e-3 * 0.9 ** 5)
+
+
+def _slices(n: int = 10, n_fg: int = 4) -> SliceData:
+    labels = torch.zeros(n, 1, 4, 4)
+    labels[:n_fg, 0, 1, 1] = 1
+    return SliceData(torch.rand(n, 1, 4, 4), labels, torch.zeros(n, dtype=torch.long), ["a"])
+
+
+def test_epoch_order_is_deterministic_per_seed_and_epoch():
+    data, cfg = _slices(), MedNCAConfig(batch_size=3, name="custom")
+    a = epoch_order(data, cfg, seed=0, epoch=0)
+    assert torch.equal(a, epoch_order(data, cfg, seed=0, epoch=0))
+    assert len(a) == 9 and len(set(a.tolist())) == 9  # 3 whole batches, no repeats
+    assert not torch.equal(a, epoch_order(data, cfg, seed=0, epoch=1))
+    assert not torch.equal(a, epoch_order(data, cfg, seed=1, epoch=0))
+
+
+def test_epoch_order_sampling_options():
+    data = _slices()
+    only_fg = epoch_order(data, MedNCAConfig(batch_size=2, empty_slice_prob=0.0, name="custom"), 0, 0)
+    assert len(only_fg) == 4 and set(only_fg.tolist()) == {0, 1, 2, 3}
+    fixed = epoch_order(data, MedNCAConfig(batch_size=4, batches_per_epoch=5, name="custom"), 0, 0)
+    assert len(fixed) == 20 and set(fixed.tolist()) == set(range(10))
