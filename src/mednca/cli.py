@@ -17,6 +17,16 @@ from .version import __version__
 EPILOG = "Run 'mednca COMMAND --help' for a command's options. Docs: README.md."
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _log(text: str) -> None:
     print(text, flush=True)
 
@@ -181,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and print its test Dice. Needs no data and no internet.")
     p.add_argument("--out", help="keep the dataset and run here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--epochs", type=_positive_int, default=30, help="training epochs (default 30)")
     p.add_argument("--max-minutes", type=float, default=4.0, help="training time budget (default 4)")
     p.set_defaults(func=cmd_demo)
 
@@ -199,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="JSON with 'train' and 'test' (and optional 'val') case-id lists; "
                    "default: a seeded 70/10/20 split")
     p.add_argument("--seed", type=int, default=0, help="seed of split, batch order and NCA noise (default 0)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (overrides the preset)")
+    p.add_argument("--epochs", type=_positive_int, help="maximum epochs (overrides the preset)")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training")
     p.add_argument("--channel", type=int, help="modality of 4D/nnU-Net images (e.g. prostate T2 = 0)")
     p.add_argument("--label", type=int, help="keep only this label value as foreground "
@@ -217,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint)")
     p.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz file or a folder (or task folder) of them")
     p.add_argument("-o", "--output", required=True, help="output file (for a file input) or folder")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K", help="stochastic passes to average (default 1)")
+    p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K", help="stochastic passes to average (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the NCA's fire masks (default 0)")
     p.add_argument("--channel", type=int, help="modality of 4D images (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -235,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", help="folder of reference labels (or a task folder with labelsTr/)")
     p.add_argument("-o", "--output", help="results JSON (a CSV is written beside it)")
     p.add_argument("--label", type=int, help="label value to score (default: all labels > 0 merged)")
-    p.add_argument("--ensemble", type=int, default=1, metavar="K", help="stochastic passes for RUN (default 1)")
+    p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K", help="stochastic passes for RUN (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fire masks for RUN (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.set_defaults(func=cmd_evaluate)

@@ -23,7 +23,7 @@ from .metrics import case_metrics, summarize
 
 METRICS = ("dice", "hd95_mm", "volume_pred_ml", "volume_gt_ml")
 CONVENTIONS = ("Dice on hard 3D masks on the label grid; both empty = 1, one empty = 0. "
-               "HD95 = 95th percentile of symmetric surface distances in mm; undefined (null) "
+               "HD95 = larger of the two directed 95th percentiles of surface distances, in mm; undefined (null) "
                "when either mask is empty and left out of its summary.")
 
 

@@ -40,7 +40,10 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) ->
 
 
 def hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """95th percentile of the symmetric surface distances in mm (``nan`` if a mask is empty).
+    """95 % Hausdorff distance in mm (``nan`` if a mask is empty).
+
+    The larger of the two directed 95th percentiles of surface distances (pred -> target and
+    target -> pred), the definition of medpy and MONAI.
 
     Args:
         pred, target: Binary masks of equal shape.
@@ -52,9 +55,8 @@ def hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None =
     if not pred.any() or not target.any():
         return float("nan")
     spacing = tuple(spacing) if spacing is not None else (1.0,) * pred.ndim
-    dists = np.concatenate((surface_distances(pred, target, spacing),
-                            surface_distances(target, pred, spacing)))
-    return float(np.percentile(dists, 95))
+    return float(max(np.percentile(surface_distances(pred, target, spacing), 95),
+                     np.percentile(surface_distances(target, pred, spacing), 95)))
 
 
 def volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:

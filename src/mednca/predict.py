@@ -80,8 +80,11 @@ def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     with atomic_path(path) as tmp:
         target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression by extension
-        nib.save(image, str(target))
-        target.replace(tmp)
+        try:
+            nib.save(image, str(target))
+            target.replace(tmp)
+        finally:
+            target.unlink(missing_ok=True)
     return path
 
 

@@ -119,15 +119,19 @@ class _Snapshot:
                                    "param_groups": json.loads(json.dumps(self.opt_groups))})
 
 
-def _prepare_run(data_dir: Path, out: Path, config: MedNCAConfig, seed: int, split_file: Path | None,
-                 overwrite: bool) -> dict[str, list[str]]:
-    """Create the run folder with config, split and run info; return the split."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
+def _choose_split(data_dir: Path, out: Path, config: MedNCAConfig, seed: int, split_file: Path | None,
+                  overwrite: bool) -> dict[str, list[str]]:
+    """Check that the run may be created and pick its split (nothing is written yet)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"run folder {out} already exists; pass --resume to continue it "
                                 "or --overwrite to start over")
-    cases = find_cases(data_dir, config.channel)
-    ids = [c.case_id for c in cases]
-    split = load_split(split_file, ids, seed) if split_file else make_split(ids, seed)
+    ids = [c.case_id for c in find_cases(data_dir, config.channel)]
+    return load_split(split_file, ids, seed) if split_file else make_split(ids, seed)
+
+
+def _write_run(data_dir: Path, out: Path, config: MedNCAConfig, seed: int, split: dict[str, list[str]],
+               split_file: Path | None) -> None:
+    """Create the run folder with config, split and run info (stale files of a run replaced)."""
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     for stale in ("log.csv", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
                   "checkpoints/best.safetensors"):
@@ -137,7 +141,6 @@ def _prepare_run(data_dir: Path, out: Path, config: MedNCAConfig, seed: int, spl
     info = {"data": str(data_dir.resolve()), "seed": seed, "mednca_version": __version__,
             "split_file": str(split_file) if split_file else None, "torch_version": torch.__version__}
     atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
-    return split
 
 
 def _load_part(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str, log) -> SliceData:
@@ -181,9 +184,11 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
         split = json.loads((out / "split.json").read_text())
     else:
         config = config or MedNCAConfig.preset("hippocampus")
-        split = _prepare_run(data_dir, out, config, seed, Path(split_file) if split_file else None, overwrite)
     if epochs is not None:
         config = config.replace(epochs=epochs)
+    split_file = Path(split_file) if split_file else None
+    if not resume:
+        split = _choose_split(data_dir, out, config, seed, split_file, overwrite)
 
     train_data = _load_part(data_dir, config, split["train"], "train", log)
     val_data = _load_part(data_dir, config, split["val"], "val", log)
@@ -192,6 +197,11 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
     if not bool(train_data.foreground().any()):
         raise DataError(f"no foreground in any training label under {data_dir} "
                         f"(label={config.label}); check the label folder and --label")
+    # Only now that the data is known to be usable is anything written.
+    if not resume:
+        _write_run(data_dir, out, config, seed, split, split_file)
+    elif epochs is not None:
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     if resume:
         model = load_model(out / "checkpoints" / "last.safetensors").train()

@@ -87,6 +87,10 @@ def find_cases(root: str | Path, channel: int = 0, *, images: str = "imagesTr",
         raise DataError(f"no NIfTI images (.nii.gz/.nii) found in {image_dir}")
 
     nnunet = all(_NNUNET_CHANNEL.match(stem) for stem in image_files)
+    if nnunet and labels is not None and (root / labels).is_dir():
+        # nnU-Net names labels by the case id without the channel suffix; MSD by the full stem.
+        label_stems = set(nifti_files(root / labels))
+        nnunet = not set(image_files) <= label_stems
     cases: dict[str, tuple[Path, int | None]] = {}
     if nnunet:
         by_case: dict[str, dict[int, Path]] = {}

@@ -56,7 +56,12 @@ def load_split(path: str | Path, available: Sequence[str], seed: int = 0) -> dic
         raise DataError(f"cannot read split file {path} ({exc})") from exc
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train", "test")):
         raise DataError(f"split file {path} needs 'train' and 'test' lists of case ids")
-    split = {k: [str(c) for c in data.get(k, [])] for k in SPLIT_KEYS}
+    for key in SPLIT_KEYS:
+        if key in data and not (isinstance(data[key], list) and all(isinstance(c, str) for c in data[key])):
+            raise DataError(f"split file {path}: '{key}' must be a list of case-id strings")
+    split = {k: list(data.get(k, [])) for k in SPLIT_KEYS}
+    if "val" in data and not split["val"]:
+        raise DataError(f"split file {path}: 'val' is empty; drop it to hold out 10 % of 'train'")
     if "val" not in data:
         split["train"], split["val"] = hold_out_val(split["train"], seed)
     known = set(available)

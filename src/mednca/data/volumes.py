@@ -59,13 +59,10 @@ def read_image(path: str | Path, channel: int | None = 0) -> Volume:
     path = Path(path)
     img, data = _load(path)
     if data.ndim == 4:
-        if data.shape[3] == 1:
-            data = data[..., 0]
-        else:
-            ch = 0 if channel is None else channel
-            if not 0 <= ch < data.shape[3]:
-                raise DataError(f"{path} has {data.shape[3]} channels; channel {ch} does not exist")
-            data = data[..., ch]
+        ch = 0 if channel is None else channel
+        if not 0 <= ch < data.shape[3]:
+            raise DataError(f"{path} has {data.shape[3]} channel(s); channel {ch} does not exist")
+        data = data[..., ch]
     elif data.ndim == 3:
         if channel not in (None, 0):
             raise DataError(f"{path} is a 3D image; channel {channel} does not exist")
