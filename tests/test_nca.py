@@ -63,7 +63,8 @@ def test_channel_zero_stays_the_image(grad):
 
 
 @pytest.mark.parametrize("chunk", [4096, 7])
-def test_step_sparse_matches_dense(chunk):
+def test_step_sparse_matches_dense(chunk, monkeypatch):
+    monkeypatch.setattr("mednca.cellmlp.CHUNK", chunk)
     level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state(h=9, w=7)
     mask = level.fire_mask(x, torch.Generator().manual_seed(5))
@@ -71,7 +72,7 @@ def test_step_sparse_matches_dense(chunk):
     dense = x + level.update(x) * mask
     dense = torch.cat((x[:, :1], dense[:, 1:]), 1).detach()
     with torch.no_grad():
-        sparse = level.step_sparse(x, mask, chunk=chunk)
+        sparse = level.step_sparse(x, mask)
     assert sparse.shape == x.shape
     assert torch.allclose(sparse, dense, atol=1e-5, rtol=1e-5)
     assert torch.equal(sparse[:, 0], x[:, 0])
@@ -126,3 +127,40 @@ def test_fire_mask_rate_and_reproducibility():
     assert abs(m1.mean().item() - 0.3) < 0.02
     assert torch.equal(m1, m2)
     assert not torch.equal(m1, m3)
+
+
+def _grads(level, loss):
+    level.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in level.parameters()]
+
+
+@pytest.mark.parametrize("chunk", [4096, 5])
+def test_sparse_step_gradients_match_dense(chunk, monkeypatch):
+    monkeypatch.setattr("mednca.cellmlp.CHUNK", chunk)
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    x = _state(h=9, w=7).requires_grad_(True)
+    mask = level.fire_mask(x, torch.Generator().manual_seed(5))
+    weight = torch.randn_like(x)
+    dense_out = level.step_dense(x, mask)
+    g_dense = _grads(level, (dense_out * weight).sum())
+    gx_dense = x.grad.clone()
+    x.grad = None
+    sparse_out = level.step_sparse(x, mask)
+    g_sparse = _grads(level, (sparse_out * weight).sum())
+    assert torch.allclose(sparse_out, dense_out, atol=1e-5)
+    assert torch.allclose(x.grad, gx_dense, atol=1e-5)
+    for a, b in zip(g_sparse, g_dense):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_gradient_checkpointing_changes_nothing():
+    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    x = _state()
+    plain = level(x, 5, generator=torch.Generator().manual_seed(2))
+    g_plain = _grads(level, plain[:, 1].square().sum())
+    ckpt = level(x, 5, generator=torch.Generator().manual_seed(2), checkpoint=True)
+    g_ckpt = _grads(level, ckpt[:, 1].square().sum())
+    assert torch.allclose(plain, ckpt, atol=1e-6)
+    for a, b in zip(g_plain, g_ckpt):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)

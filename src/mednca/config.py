@@ -31,6 +31,8 @@ class MedNCAConfig:
         image_size: In-plane side (pixels) every slice is resized to.
         patch_size: Side of the level-2 patch trained on per sample (level 2 sees the whole image
             at inference).
+        grad_checkpoint: Recompute each NCA step in backward instead of storing its intermediates
+            (training memory ~ steps x state size; about a third more compute).
 
     Data:
         axis: Volume axis the 2D slices are taken along (0, 1 or 2).
@@ -65,6 +67,7 @@ class MedNCAConfig:
     fire_rate: float = 0.5
     image_size: int = 64
     patch_size: int = 16
+    grad_checkpoint: bool = False
     # data
     axis: int = 2
     channel: int = 0

@@ -47,7 +47,7 @@ class MedNCA(nn.Module):
         """
         s = self.config.scale
         small = F.avg_pool2d(images, s)  # (B, 1, H/s, W/s)
-        state = self.level1(self.seed(small), self.config.steps, generator)
+        state = self.level1(self.seed(small), self.config.steps, generator, self.config.grad_checkpoint)
         state = F.interpolate(state, scale_factor=s, mode="nearest")  # (B, C, H, W)
         return torch.cat((images, state[:, 1:]), 1)
 
@@ -114,7 +114,8 @@ class MedNCA(nn.Module):
         origins = self.patch_origins(labels, generator)
         state_p = self.crop(state, origins, p)  # (B, C, P, P)
         labels_p = self.crop(labels, origins, p)  # (B, 1, P, P)
-        return self.level2(state_p, self.config.steps, generator)[:, 1:2], labels_p
+        logits_p = self.level2(state_p, self.config.steps, generator, self.config.grad_checkpoint)[:, 1:2]
+        return logits_p, labels_p
 
     @torch.no_grad()
     def predict_proba(self, images: Tensor, ensemble: int = 1,
