@@ -80,7 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = None if args.resume else _build_config(args)
     result = train(args.data, args.out, config, seed=args.seed, split_file=args.split,
                    max_minutes=args.max_minutes, epochs=args.epochs, resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.no_progress, log=_log)
+                   overwrite=args.overwrite, progress=not args.no_progress, log=_log,
+                   distributed=args.distributed)
+    if args.distributed:
+        from .distributed import is_main
+
+        if not is_main():  # rank 0 reports for all
+            return 0
     _log(f"done: {result.epochs_done} epochs, {result.batches_done} batches, best val Dice "
          f"{result.best_val_dice:.4f}, {result.elapsed_s / 60:.1f} min; run folder {result.run_dir}")
     return 0
@@ -90,7 +96,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .predict import predict_file, predict_folder
 
-    model = load_model(args.checkpoint)
+    if getattr(args, "runtime", "torch") == "onnx":
+        from .export import OnnxSegmenter
+
+        model = OnnxSegmenter(args.checkpoint)
+    elif str(args.checkpoint).endswith(".onnx"):
+        raise MedNCAError(f"{args.checkpoint} is an ONNX model; run it with --runtime onnx")
+    else:
+        model = load_model(args.checkpoint)
     source = Path(args.input)
     if source.is_dir():
         written = predict_folder(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
@@ -101,6 +114,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         raise MedNCAError(f"input {source} does not exist")
     _log(f"wrote {len(written)} file(s) to {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .export import default_output, export_model
+
+    model = load_model(args.checkpoint)
+    output = args.output or default_output(args.checkpoint, args.format)
+    path = export_model(model, output, args.format, opset=args.opset, explicit_noise=args.noise_input,
+                        overwrite=args.overwrite)
+    _log(f"wrote {args.format} model {path} ({path.stat().st_size:,} bytes)")
     return 0
 
 
@@ -218,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes started by torchrun, e.g. "
+                        "'torchrun --nproc-per-node 2 -m mednca train --distributed ...' (gloo on CPU, "
+                        "NCCL on GPUs; rank 0 writes the run folder)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment a NIfTI file or a folder of them",
@@ -231,7 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the NCA's fire masks (default 0)")
     p.add_argument("--channel", type=int, help="modality of 4D images (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch (CKPT: checkpoint or run folder) or onnx (CKPT: a .onnx file from "
+                        "'mednca export'; needs onnxruntime); default torch")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a self-contained ONNX or TorchScript model",
+                       description="Export a model for edge inference: one file mapping (B, 1, H, W) "
+                                   "min-max normalised slices to logits, fire masks drawn inside the "
+                                   "graph. Runs with only onnxruntime (or torch for TorchScript).")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
+    p.add_argument("-o", "--output", help="output file (default: the checkpoint's name with .onnx/.pt beside it)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--noise-input", action="store_true",
+                   help="take the fire-mask noise as inputs noise1, noise2 instead of drawing it in the graph")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="Dice, HD95 and volumes of masks against labels",
                        description="Per-case Dice on hard 3D masks (both empty = 1, one empty = 0), 95%% "
@@ -267,7 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a checkpoint's version, size and config")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder")
     p.set_defaults(func=cmd_info)
+
+    # the same options as mednca.bench.add_arguments (declared here so --help needs no torch)
+    p = sub.add_parser("bench", help="time and memory of mednca against a plain PyTorch Med-NCA",
+                       description="Training and inference time, peak memory and GFLOP/s of mednca against a "
+                                   "plain PyTorch Med-NCA with the same weights and fire masks (checked to agree "
+                                   "before timing); each measurement in a fresh process. Prints Markdown tables.")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat (a smoke test, seconds)")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only cases whose name matches (glob or substring; comma-separated or repeated)")
+    p.add_argument("--list", action="store_true", help="list the case names and exit")
+    p.add_argument("--json-out", metavar="FILE", help="write all results as JSON")
+    p.add_argument("--markdown-out", metavar="FILE", help="write the Markdown tables (also printed)")
+    p.add_argument("--repeats", type=_positive_int, help="minimum timed repeats per measurement (default 3; 1 with --quick)")
+    p.add_argument("--budget", type=float, help="seconds of timed repeats to aim for per measurement, at most 20 "
+                   "repeats (default 10; 0 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's default)")
+    p.add_argument("--data", help="MSD hippocampus task folder (default ../shared/data/Task04_Hippocampus)")
+    p.add_argument("--max-rss-gb", type=float, help="abort a measurement whose memory passes this "
+                   "(default 80%% of the memory available at the start)")
+    p.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_cli
+
+    return run_cli(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,7 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mednca: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        hint = f" (checkpoint saved; continue with 'mednca train --resume --data {args.data} --out {args.out}')" \
+        launch = "torchrun ... -m mednca train --distributed" if getattr(args, "distributed", False) \
+            else "mednca train"
+        hint = f" (checkpoint saved; continue with '{launch} --resume --data {args.data} --out {args.out}')" \
             if args.command == "train" else ""
         print(f"mednca: interrupted{hint}", file=sys.stderr)
         return 130

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -19,7 +19,22 @@ from .data.slices import image_slices, to_volume
 from .data.volumes import Volume, read_image
 from .errors import DataError
 from .fsutil import atomic_path, check_output
+from .config import MedNCAConfig
 from .model import MedNCA
+
+#: Per-slice model call: (N, 1, S, S) normalised slices -> (mean, std), two (N, 1, S, S)
+#: foreground probability maps (as :meth:`MedNCA.predict_proba`).
+Infer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class SliceRuntime(Protocol):
+    """A non-PyTorch runtime of a model (e.g. :class:`mednca.export.OnnxSegmenter`), accepted by
+    :func:`predict_file` and :func:`predict_folder` in place of a MedNCA."""
+
+    config: MedNCAConfig
+
+    def infer(self, ensemble: int = 1, seed: int = 0) -> Infer:
+        """The per-slice call for ``ensemble`` passes, its randomness seeded by ``seed``."""
 
 
 @dataclass
@@ -52,14 +67,29 @@ def predict_volume(model: MedNCA, volume: np.ndarray, ensemble: int = 1,
         generator: Source of the fire masks (seed it for reproducible outputs).
         batch_size: Slices per forward pass.
     """
+    model.eval()
+    return predict_slices(lambda x: model.predict_proba(x, ensemble, generator), volume, model.config,
+                          batch_size)
+
+
+@torch.no_grad()
+def predict_slices(infer: Infer, volume: np.ndarray, config: MedNCAConfig,
+                   batch_size: int = 64) -> Prediction:
+    """Segment a 3D image slice by slice with any per-slice model call (see :data:`Infer`).
+
+    Args:
+        infer: (N, 1, S, S) normalised slices -> (mean, std) probabilities, each (N, 1, S, S).
+        volume: (X, Y, Z) image array.
+        config: The model's config (axis, image_size, interpolation).
+        batch_size: Slices per call.
+    """
     if volume.ndim != 3:
         raise DataError(f"expected a 3D volume, got shape {volume.shape}")
-    cfg = model.config
-    model.eval()
+    cfg = config
     slices = image_slices(volume, cfg.axis, cfg.image_size, cfg.interpolation)  # (N, 1, S, S)
     means, stds = [], []
     for s in range(0, slices.shape[0], batch_size):
-        mean, std = model.predict_proba(slices[s:s + batch_size], ensemble, generator)
+        mean, std = infer(slices[s:s + batch_size])
         means.append(mean)
         stds.append(std)
     prob = to_volume(torch.cat(means), volume.shape, cfg.axis).clip(0.0, 1.0)
@@ -88,13 +118,20 @@ def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:
     return path
 
 
+def _predict(model: MedNCA | SliceRuntime, data: np.ndarray, ensemble: int, seed: int) -> Prediction:
+    """One volume with a MedNCA (fire masks from a generator seeded ``seed``) or a runtime."""
+    if isinstance(model, MedNCA):
+        return predict_volume(model, data, ensemble, torch.Generator().manual_seed(seed))
+    return predict_slices(model.infer(ensemble, seed), data, model.config)
+
+
 def _sidecar(path: Path, tag: str) -> Path:
     stem = strip_nifti(path.name) or path.stem
     suffix = path.name[len(stem):] or ".nii.gz"
     return path.with_name(f"{stem}_{tag}{suffix}")
 
 
-def predict_file(model: MedNCA, image: str | Path, output: str | Path, *, channel: int | None = None,
+def predict_file(model: MedNCA | SliceRuntime, image: str | Path, output: str | Path, *, channel: int | None = None,
                  ensemble: int = 1, seed: int = 0, overwrite: bool = False) -> list[Path]:
     """Predict one NIfTI file; write the mask to ``output`` (and ``*_prob``/``*_std`` beside it
     when ``ensemble > 1``). Returns the written paths."""
@@ -105,7 +142,7 @@ def predict_file(model: MedNCA, image: str | Path, output: str | Path, *, channe
     for t in targets:
         check_output(t, overwrite)
     volume = read_image(image, model.config.channel if channel is None else channel)
-    pred = predict_volume(model, volume.data, ensemble, torch.Generator().manual_seed(seed))
+    pred = _predict(model, volume.data, ensemble, seed)
     write_like(pred.mask, volume, targets[0])
     if ensemble > 1:
         write_like(pred.probability, volume, targets[1])
@@ -113,7 +150,7 @@ def predict_file(model: MedNCA, image: str | Path, output: str | Path, *, channe
     return targets
 
 
-def predict_folder(model: MedNCA, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
+def predict_folder(model: MedNCA | SliceRuntime, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
                    ensemble: int = 1, seed: int = 0, overwrite: bool = False,
                    progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
     """Predict every case of a folder of images (or of an MSD/nnU-Net task's ``imagesTr``).
@@ -133,7 +170,7 @@ def predict_folder(model: MedNCA, folder: str | Path, out_dir: str | Path, *, ch
         for t in targets:
             check_output(t, overwrite)
         volume = read_image(case.image, case.channel)
-        pred = predict_volume(model, volume.data, ensemble, torch.Generator().manual_seed(seed))
+        pred = _predict(model, volume.data, ensemble, seed)
         write_like(pred.mask, volume, targets[0])
         if ensemble > 1:
             write_like(pred.probability, volume, targets[1])
