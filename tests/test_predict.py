@@ -209,3 +209,25 @@ def test_predict_folder_nnunet_channel(model: MedNCA, tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["p1.nii.gz"]
     expected = predict_volume(model, image(1), 1, torch.Generator().manual_seed(0)).mask
     np.testing.assert_array_equal(load(tmp_path / "out" / "p1.nii.gz"), expected)
+
+
+def test_predict_folder_shards_split_the_cases(model: MedNCA, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    for i in range(5):
+        write(folder / f"case{i}.nii.gz", image(i))
+    names = []
+    for rank in range(2):
+        written = predict_folder(model, folder, tmp_path / "out", shard=(rank, 2))
+        names.append(sorted(p.name for p in written))
+    assert names == [["case0.nii.gz", "case2.nii.gz", "case4.nii.gz"], ["case1.nii.gz", "case3.nii.gz"]]
+
+
+def test_predict_folder_checks_all_outputs_first(model: MedNCA, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    for i in range(3):
+        write(folder / f"case{i}.nii.gz", image(i))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "case2.nii.gz").write_bytes(b"keep")
+    with pytest.raises(OutputExistsError):
+        predict_folder(model, folder, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case2.nii.gz"]

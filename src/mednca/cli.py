@@ -106,8 +106,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint)
     source = Path(args.input)
     if source.is_dir():
+        from .distributed import env_rank, env_world_size
+
+        # Launched by torchrun with N processes: each predicts every N-th case.
         written = predict_folder(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
-                                 seed=args.seed, overwrite=args.overwrite, progress=_case_progress("predict"))
+                                 seed=args.seed, overwrite=args.overwrite, progress=_case_progress("predict"),
+                                 shard=(env_rank(), env_world_size()))
     elif source.is_file():
         written = predict_file(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
                                seed=args.seed, overwrite=args.overwrite)

@@ -127,10 +127,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
         (results, path of the JSON file)
     """
     from .checkpoint import load_model
-    from .predict import predict_volume, write_like
-    from .data.volumes import read_image
-
-    import torch
+    from .predict import predict_case
 
     run_dir = Path(run_dir)
     for name in ("split.json", "run.json"):
@@ -150,9 +147,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
     pred_dir = run_dir / f"predictions_{split}"
     pairs = []
     for i, case in enumerate(cases):
-        volume = read_image(case.image, case.channel)
-        pred = predict_volume(model, volume.data, ensemble, torch.Generator().manual_seed(seed))
-        pairs.append((case.case_id, write_like(pred.mask, volume, pred_dir / f"{case.case_id}.nii.gz"), case.label))
+        mask = pred_dir / f"{case.case_id}.nii.gz"
+        extra = [pred_dir / "prob" / mask.name, pred_dir / "std" / mask.name] if ensemble > 1 else []
+        predict_case(model, case.image, case.channel, [mask, *extra], ensemble, seed)
+        pairs.append((case.case_id, mask, case.label))
         if progress:
             progress(i + 1, len(cases), case.case_id)
     results = evaluate_pairs(pairs, model.config.label)

@@ -131,6 +131,19 @@ def _sidecar(path: Path, tag: str) -> Path:
     return path.with_name(f"{stem}_{tag}{suffix}")
 
 
+def predict_case(model: MedNCA | SliceRuntime, image: str | Path, channel: int | None,
+                 targets: list[Path], ensemble: int = 1, seed: int = 0) -> Prediction:
+    """Predict one image file and write the mask to ``targets[0]`` (and, when ``ensemble > 1``,
+    the mean probability and the standard deviation to ``targets[1]`` and ``targets[2]``)."""
+    volume = read_image(image, channel)
+    pred = _predict(model, volume.data, ensemble, seed)
+    write_like(pred.mask, volume, targets[0])
+    if ensemble > 1:
+        write_like(pred.probability, volume, targets[1])
+        write_like(pred.std, volume, targets[2])
+    return pred
+
+
 def predict_file(model: MedNCA | SliceRuntime, image: str | Path, output: str | Path, *, channel: int | None = None,
                  ensemble: int = 1, seed: int = 0, overwrite: bool = False) -> list[Path]:
     """Predict one NIfTI file; write the mask to ``output`` (and ``*_prob``/``*_std`` beside it
@@ -141,41 +154,41 @@ def predict_file(model: MedNCA | SliceRuntime, image: str | Path, output: str | 
     targets = [output] + ([_sidecar(output, "prob"), _sidecar(output, "std")] if ensemble > 1 else [])
     for t in targets:
         check_output(t, overwrite)
-    volume = read_image(image, model.config.channel if channel is None else channel)
-    pred = _predict(model, volume.data, ensemble, seed)
-    write_like(pred.mask, volume, targets[0])
-    if ensemble > 1:
-        write_like(pred.probability, volume, targets[1])
-        write_like(pred.std, volume, targets[2])
+    predict_case(model, image, model.config.channel if channel is None else channel, targets, ensemble, seed)
     return targets
 
 
 def predict_folder(model: MedNCA | SliceRuntime, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
                    ensemble: int = 1, seed: int = 0, overwrite: bool = False,
-                   progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
+                   progress: Callable[[int, int, str], None] | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Predict every case of a folder of images (or of an MSD/nnU-Net task's ``imagesTr``).
 
     Masks go to ``out_dir/{case}.nii.gz``; with ``ensemble > 1`` the mean probability goes to
     ``out_dir/prob/`` and the standard deviation to ``out_dir/std/`` under the same name.
+    Existing outputs are refused (before anything is computed) unless ``overwrite``.
+
+    Args:
+        shard: ``(rank, world_size)``: predict only every world_size-th case starting at rank
+            (how processes launched together split a large folder).
     """
     folder, out_dir = Path(folder), Path(out_dir)
     ch = model.config.channel if channel is None else channel
-    cases = find_cases(folder, ch, labels=None)  # imagesTr/ if there is one, else the folder
-    written: list[Path] = []
-    for i, case in enumerate(cases):
+    rank, world = shard
+    cases = find_cases(folder, ch, labels=None)[rank::world]  # imagesTr/ if there is one, else the folder
+    plans = []
+    for case in cases:
         mask_path = out_dir / f"{case.case_id}.nii.gz"
         targets = [mask_path]
         if ensemble > 1:
             targets += [out_dir / "prob" / mask_path.name, out_dir / "std" / mask_path.name]
         for t in targets:
             check_output(t, overwrite)
-        volume = read_image(case.image, case.channel)
-        pred = _predict(model, volume.data, ensemble, seed)
-        write_like(pred.mask, volume, targets[0])
-        if ensemble > 1:
-            write_like(pred.probability, volume, targets[1])
-            write_like(pred.std, volume, targets[2])
+        plans.append((case, targets))
+    written: list[Path] = []
+    for i, (case, targets) in enumerate(plans):
+        predict_case(model, case.image, case.channel, targets, ensemble, seed)
         written += targets
         if progress:
-            progress(i + 1, len(cases), case.case_id)
+            progress(i + 1, len(plans), case.case_id)
     return written
