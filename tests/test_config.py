@@ -14,7 +14,12 @@ def test_presets_exist_with_paper_values():
     assert {"hippocampus", "prostate", "demo"} <= set(PRESETS)
     hip = MedNCAConfig.preset("hippocampus")
     assert (hip.image_size, hip.patch_size, hip.scale, hip.steps, hip.fire_rate) == (64, 16, 4, 16, 0.5)
-    assert (hip.lr, hip.betas, hip.lr_gamma, hip.batch_size) == (1.6e-3, (0.5, 0.5), 0.9999, 32)
+    paper = MedNCAConfig.preset("paper-hippocampus")
+    assert (paper.lr, paper.betas, paper.lr_gamma, paper.batch_size) == (1.6e-3, (0.5, 0.5), 0.9999, 32)
+    # the fast CPU recipe keeps the paper's model and data settings
+    for field in ("channels", "hidden", "steps", "scale", "fire_rate", "image_size", "patch_size", "axis"):
+        assert getattr(hip, field) == getattr(paper, field), field
+    assert MedNCAConfig.preset("prostate").grad_checkpoint
     pro = MedNCAConfig.preset("prostate")
     assert (pro.image_size, pro.patch_size, pro.scale, pro.channels) == (256, 64, 4, 32)
     assert hip.name == "hippocampus" and pro.name == "prostate"
