@@ -13,7 +13,6 @@ One JSON line per evaluation is printed and appended to benchmarks/out/train_res
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -35,10 +34,14 @@ TASKS = {
 
 
 def trained_seconds(run: Path) -> float:
-    """Training wall time recorded in the run's log (0 before the first epoch row)."""
-    log = run / "log.csv"
-    rows = list(csv.DictReader(log.open())) if log.exists() else []
-    return float(rows[-1]["elapsed_s"]) if rows else 0.0
+    """Training wall time so far, from the run's resume state (0 if there is none)."""
+    from safetensors import safe_open
+
+    state = run / "checkpoints" / "last.state.safetensors"
+    if not state.exists():
+        return 0.0
+    with safe_open(str(state), framework="pt") as f:
+        return float(json.loads(f.metadata()["state"])["elapsed_s"])
 
 
 def main() -> None:
@@ -50,6 +53,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tag", default="", help="suffix of the run folder name")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the existing run folder (e.g. after a crash) instead of starting over")
+    parser.add_argument("--skip-first-eval", action="store_true",
+                        help="with --resume: the first --eval-at budget was already evaluated")
     parser.add_argument("--ensemble", type=int, nargs="+", default=[1],
                         help="stochastic passes at test time; several values evaluate each (default 1)")
     args = parser.parse_args()
@@ -61,10 +68,12 @@ def main() -> None:
     out = HERE / "out" / name
     results_file = HERE / "out" / "train_results.jsonl"
     for i, minutes in enumerate(sorted(args.eval_at)):
-        resume = i > 0
+        resume = i > 0 or args.resume
         budget = minutes - trained_seconds(out) / 60 if resume else minutes
-        result = train(data, out, config, seed=args.seed, split_file=split, max_minutes=budget,
+        result = train(data, out, config, seed=args.seed, split_file=split, max_minutes=max(budget, 0.0),
                        resume=resume, overwrite=not resume, progress=False)
+        if i == 0 and args.skip_first_eval:
+            continue
         for k in args.ensemble:
             t0 = time.perf_counter()
             results, _ = evaluate_run(out, "test", ensemble=k, overwrite=True)

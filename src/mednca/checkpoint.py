@@ -36,7 +36,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def save_model(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write ``model`` (a MedNCA) with its config and the package version."""
+    """Atomically write ``model`` (a MedNCA or UNetBaseline) with its config and the package version."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -77,15 +77,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.T
 
 
 def load_model(path: str | Path):
-    """Rebuild a :class:`~mednca.model.MedNCA` from a checkpoint file or run folder (eval mode)."""
-    from .model import MedNCA
+    """Rebuild the model of a checkpoint file or run folder (eval mode): a
+    :class:`~mednca.model.MedNCA` or, by its config's ``model``, a
+    :class:`~mednca.baselines.UNetBaseline`."""
+    from .baselines import build_model
 
     meta, tensors = read_checkpoint(path)
     try:
         config = MedNCAConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, json.JSONDecodeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's config is invalid ({exc})") from exc
-    model = MedNCA(config)
+    model = build_model(config)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:

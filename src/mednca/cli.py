@@ -64,7 +64,7 @@ def _build_config(args: argparse.Namespace):
     from .config import MedNCAConfig, parse_override
 
     overrides = dict(parse_override(item) for item in args.set or [])
-    for flag in ("channel", "label", "axis"):
+    for flag in ("channel", "label", "axis", "model"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     if args.config:
@@ -151,6 +151,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _log(f"{len(results['cases'])} cases: Dice {s['dice']['mean']:.4f} ± {s['dice']['std']:.4f}, "
          f"HD95 {s['hd95_mm']['mean']:.2f} ± {s['hd95_mm']['std']:.2f} mm; written to {path} and "
          f"{path.with_suffix('.csv')}")
+    q = results.get("quality")
+    if q:
+        rho = "n/a" if q["spearman_dice"] is None else f"{q['spearman_dice']:.3f}"
+        caught = ("no failures" if q["caught_share"] is None else
+                  f"{q['failures_caught']}/{q['n_failures']} failures (Dice < {q['failure_dice']}) caught")
+        _log(f"quality (K={q['ensemble']}, lower = more confident): mean {s['quality']['mean']:.4g}, "
+             f"Spearman vs Dice {rho}; flagging the worst {q['n_flagged']} case(s): {caught}")
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from .robustness import run_robustness
+
+    out = Path(args.output) if args.output else Path(args.runs[0]) / f"robustness_{args.split}"
+    rows = run_robustness(args.runs, args.data, args.split, out_dir=out, severities=args.severities,
+                          cases=args.cases, seed=args.seed, ensemble=args.ensemble,
+                          perturbations=args.perturbation, overwrite=args.overwrite,
+                          progress=_case_progress("robustness"))
+    _log(f"{len(rows)} rows written to {out / 'robustness.csv'}; summary {out / 'robustness.json'}, "
+         f"plot {out / 'robustness.png'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    path = make_report(args.runs, args.output, compare=args.compare, robustness=args.robustness,
+                       split=args.split, data_dir=args.data, seed=args.seed, overwrite=args.overwrite)
+    _log(f"report written to {path}")
     return 0
 
 
@@ -199,7 +228,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = resolve_checkpoint(args.checkpoint)
     meta, tensors = read_checkpoint(path)
-    n = sum(t.numel() for t in tensors.values())
+    n = sum(t.numel() for k, t in tensors.items()  # batch-norm statistics (UNets) are not parameters
+            if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     _log(f"checkpoint {path}\n  mednca {meta.get('mednca_version')}, format {meta.get('format')}, "
          f"{n:,} parameters" + (f", epoch {meta['epoch']}" if "epoch" in meta else "")
          + (f", val Dice {float(meta['val_dice']):.4f}" if "val_dice" in meta else ""))
@@ -244,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, help="keep only this label value as foreground "
                    "(default: all labels > 0 merged, as the paper)")
     p.add_argument("--axis", type=int, choices=(0, 1, 2), help="volume axis to slice along")
+    from .config import MODEL_TYPES  # light: no torch
+
+    p.add_argument("--model", choices=MODEL_TYPES,
+                   help="network: mednca (default), unet (the paper's 2D UNet baseline, ~31 M parameters) "
+                        "or unet-small (the same UNet at ~31 k parameters, Med-NCA's size); same data, "
+                        "split, loss, checkpoints and evaluation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -299,6 +335,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("robustness", help="Dice of runs under graded MRI artefacts and geometry changes",
+                       description="Score each run's model on perturbed copies of its test cases: MRI "
+                                   "artefacts (TorchIO: noise, spike, ghosting, motion, bias field, "
+                                   "anisotropy) and in-plane translation and zoom (label moved alike), each at "
+                                   "graded severities, with fixed seeds so every model sees identical inputs. "
+                                   "Writes robustness.csv (per case, with a quality score), robustness.json "
+                                   "(means per perturbation and severity) and robustness.png.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders sharing the same test split")
+    p.add_argument("--data", help="task folder (default: the one the first run was trained on)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to use (default test)")
+    p.add_argument("-o", "--output", help="output folder (default: RUN/robustness_SPLIT of the first run)")
+    p.add_argument("--severities", type=_positive_int, default=3, help="graded severities per perturbation (default 3)")
+    p.add_argument("--cases", type=_positive_int, metavar="N", help="use only the first N cases of the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and fire masks (default 0)")
+    p.add_argument("--ensemble", type=_positive_int, default=4, metavar="K",
+                   help="stochastic passes per prediction, for the quality score (default 4)")
+    p.add_argument("--perturbation", action="append", metavar="NAME",
+                   help="only this perturbation (repeatable; default all: noise, spike, ghosting, motion, "
+                        "bias_field, anisotropy, translation, zoom_in, zoom_out)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("report", help="a Markdown report: comparison, robustness, quality, example cases",
+                       description="Gather evaluated runs into OUT/README.md with figures: the comparison table "
+                                   "(a 'mednca compare' JSON if given or found, else from each eval_test.json), "
+                                   "robustness plots, quality score vs Dice, overlays of the best, median and "
+                                   "worst test case, and a GIF of the NCA growing (Med-NCA runs).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders evaluated with 'mednca evaluate RUN'")
+    p.add_argument("-o", "--output", default="report", help="output folder (default report/)")
+    p.add_argument("--compare", metavar="FILE", help="a 'mednca compare' JSON (or its Markdown)")
+    p.add_argument("--robustness", action="append", metavar="DIR",
+                   help="a 'mednca robustness' output folder (repeatable; default: RUN/robustness_SPLIT if present)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="evaluated split (default test)")
+    p.add_argument("--data", help="task folder for the example cases (default: each run's training data)")
+    p.add_argument("--seed", type=int, default=0, help="seed of anything predicted for the figures (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("download", help="fetch and unpack a Medical Segmentation Decathlon task",
                        description="Download an MSD task archive (needs internet), verify its MD5, resume "
                                    "an interrupted download and unpack it. --url takes a local archive too.")
@@ -337,7 +411,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rss-gb", type=float, help="abort a measurement whose memory passes this "
                    "(default 80%% of the memory available at the start)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="compare run folders: size, test Dice/HD95, CPU speed, memory",
+                       description="One table row per run: model type, parameters, checkpoint size, test Dice "
+                                   "mean ± std and HD95 from RUN/eval_test.json, CPU inference time per slice "
+                                   "and per volume (median of repeats) and peak memory of inference (in a "
+                                   "fresh process per run). Printed as Markdown; -o also writes it with a "
+                                   "JSON file beside it.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (e.g. a Med-NCA and a UNet run)")
+    p.add_argument("-o", "--output", help="Markdown file to write (a .json with the rows is written beside it)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="run 'mednca evaluate RUN' (test split) for runs without eval_test.json")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats, median reported (default 5)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads for the timings (default: torch's)")
+    p.add_argument("--in-process", action="store_true",
+                   help="measure in this process (faster; no memory figures)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_compare)
     return parser
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import comparison_json_path, compare_runs, markdown_table, write_comparison
+    from .fsutil import check_output
+
+    if args.output:  # refuse existing outputs before measuring anything
+        for path in (args.output, comparison_json_path(args.output)):
+            check_output(path, args.overwrite)
+    rows = compare_runs(args.runs, evaluate=args.evaluate, repeats=args.repeats, threads=args.threads,
+                        isolate=not args.in_process, log=lambda text: print(text, file=sys.stderr, flush=True))
+    table = markdown_table(rows)
+    _log(table)
+    if args.output:
+        md, js = write_comparison(rows, args.output, overwrite=args.overwrite, table=table)
+        _log(f"written to {md} and {js}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 from .errors import ConfigError
 
 _INTERPOLATIONS = ("linear", "cubic")
+#: Values of ``MedNCAConfig.model``: Med-NCA or one of the UNet baselines (see mednca.baselines).
+MODEL_TYPES = ("mednca", "unet", "unet-small")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class MedNCAConfig:
             at inference).
         grad_checkpoint: Recompute each NCA step in backward instead of storing its intermediates
             (training memory ~ steps x state size; about a third more compute).
+        model: The network: ``"mednca"`` (default), ``"unet"`` (the paper's 2D UNet baseline,
+            5 levels, 64 base channels, ~31 M parameters) or ``"unet-small"`` (the same UNet
+            with ~31 k parameters, about Med-NCA's size); see :mod:`mednca.baselines`. UNets
+            train on whole slices and ignore the NCA fields (channels, hidden, steps, scale,
+            fire_rate, patch_size, grad_checkpoint, val_ensemble); they need image_size >= 16.
 
     Data:
         axis: Volume axis the 2D slices are taken along (0, 1 or 2).
@@ -68,6 +75,7 @@ class MedNCAConfig:
     image_size: int = 64
     patch_size: int = 16
     grad_checkpoint: bool = False
+    model: str = "mednca"
     # data
     axis: int = 2
     channel: int = 0
@@ -117,6 +125,10 @@ class MedNCAConfig:
             raise ConfigError(f"label must be a positive label value or None, got {self.label}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.model not in MODEL_TYPES:
+            raise ConfigError(f"model must be one of {MODEL_TYPES}, got {self.model!r}")
+        if self.model != "mednca" and self.image_size < 16:
+            raise ConfigError(f"a UNet (model={self.model!r}) needs image_size >= 16, got {self.image_size}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

@@ -95,11 +95,12 @@ def write_results(results: dict, out_json: str | Path, overwrite: bool = False) 
     atomic_write_text(out_json, json.dumps(_json_safe(results), indent=2) + "\n")
     with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case", *METRICS])
+        cols = [*METRICS, *(["quality"] if "quality" in results["summary"] else [])]
+        writer.writerow(["case", *cols])
         for row in results["cases"]:
-            writer.writerow([row["case"], *(_fmt(row[m]) for m in METRICS)])
+            writer.writerow([row["case"], *(_fmt(row[m]) for m in cols)])
         for stat in ("mean", "std"):
-            writer.writerow([stat, *(_fmt(results["summary"][m][stat]) for m in METRICS)])
+            writer.writerow([stat, *(_fmt(results["summary"][m][stat]) for m in cols)])
     return out_json, out_csv
 
 
@@ -122,12 +123,15 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
     """Predict a run's ``split`` cases with its best checkpoint and evaluate them.
 
     Writes masks to ``RUN/predictions_{split}/`` and results to ``RUN/eval_{split}.json`` (+ CSV).
+    With ``ensemble >= 2`` each case also gets a ground-truth-free ``quality`` score and the
+    results a ``quality`` block (Spearman vs Dice, failures caught; see :mod:`mednca.quality`).
 
     Returns:
         (results, path of the JSON file)
     """
     from .checkpoint import load_model
     from .predict import predict_case
+    from .quality import add_quality, quality_score
 
     run_dir = Path(run_dir)
     for name in ("split.json", "run.json"):
@@ -146,14 +150,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
     check_output(out_json, overwrite)
     pred_dir = run_dir / f"predictions_{split}"
     pairs = []
+    scores: dict[str, float] = {}
     for i, case in enumerate(cases):
         mask = pred_dir / f"{case.case_id}.nii.gz"
         extra = [pred_dir / "prob" / mask.name, pred_dir / "std" / mask.name] if ensemble > 1 else []
-        predict_case(model, case.image, case.channel, [mask, *extra], ensemble, seed)
+        pred = predict_case(model, case.image, case.channel, [mask, *extra], ensemble, seed)
+        if ensemble > 1:  # quality estimate without ground truth, from the K passes' spread
+            scores[case.case_id] = quality_score(pred.probability, pred.std)
         pairs.append((case.case_id, mask, case.label))
         if progress:
             progress(i + 1, len(cases), case.case_id)
     results = evaluate_pairs(pairs, model.config.label)
+    if ensemble > 1:
+        add_quality(results, scores, ensemble)
     results["run"] = str(run_dir)
     results["split"] = split
     results["ensemble"] = ensemble

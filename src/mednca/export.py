@@ -161,10 +161,15 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
         ``path``.
 
     Raises:
-        ExportError: Unknown format, or onnx/onnxruntime missing for ONNX.
+        ExportError: Unknown format, a UNet baseline (not exportable), or onnx/onnxruntime
+            missing for ONNX.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
     """
     _check_format(format)
+    if not isinstance(model, MedNCA):
+        kind = getattr(getattr(model, "config", None), "model", type(model).__name__)
+        raise ExportError(f"export supports Med-NCA models only, this is a {kind!r} model; run UNet "
+                          "baselines with 'mednca predict' (PyTorch runtime)")
     path = check_output(path, overwrite)
     module = ExportModule(model, explicit_noise)
     if format == "onnx":
@@ -300,7 +305,7 @@ def onnx_benchmark(model: MedNCA | str | Path, *, size: int = 64, batch: int = 1
     """
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         return _time_onnx(Path(model), size, batch, repeats, warmup, threads)
-    if not isinstance(model, MedNCA):
+    if isinstance(model, (str, Path)):
         from .checkpoint import load_model
 
         model = load_model(model)

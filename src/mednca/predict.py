@@ -20,7 +20,7 @@ from .data.volumes import Volume, read_image
 from .errors import DataError
 from .fsutil import atomic_path, check_output
 from .config import MedNCAConfig
-from .model import MedNCA
+from .baselines import SegmentationModel
 
 #: Per-slice model call: (N, 1, S, S) normalised slices -> (mean, std), two (N, 1, S, S)
 #: foreground probability maps (as :meth:`MedNCA.predict_proba`).
@@ -56,12 +56,12 @@ class Prediction:
 
 
 @torch.no_grad()
-def predict_volume(model: MedNCA, volume: np.ndarray, ensemble: int = 1,
+def predict_volume(model: SegmentationModel, volume: np.ndarray, ensemble: int = 1,
                    generator: torch.Generator | None = None, batch_size: int = 64) -> Prediction:
     """Segment a 3D image slice by slice along the model's configured axis.
 
     Args:
-        model: A trained MedNCA.
+        model: A trained MedNCA (or UNet baseline, see :mod:`mednca.baselines`).
         volume: (X, Y, Z) image array (any intensity range; slices are normalised like in training).
         ensemble: Stochastic passes K to average.
         generator: Source of the fire masks (seed it for reproducible outputs).
@@ -118,9 +118,9 @@ def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:
     return path
 
 
-def _predict(model: MedNCA | SliceRuntime, data: np.ndarray, ensemble: int, seed: int) -> Prediction:
+def _predict(model: SegmentationModel | SliceRuntime, data: np.ndarray, ensemble: int, seed: int) -> Prediction:
     """One volume with a MedNCA (fire masks from a generator seeded ``seed``) or a runtime."""
-    if isinstance(model, MedNCA):
+    if isinstance(model, torch.nn.Module):  # MedNCA or UNetBaseline
         return predict_volume(model, data, ensemble, torch.Generator().manual_seed(seed))
     return predict_slices(model.infer(ensemble, seed), data, model.config)
 
@@ -131,7 +131,7 @@ def _sidecar(path: Path, tag: str) -> Path:
     return path.with_name(f"{stem}_{tag}{suffix}")
 
 
-def predict_case(model: MedNCA | SliceRuntime, image: str | Path, channel: int | None,
+def predict_case(model: SegmentationModel | SliceRuntime, image: str | Path, channel: int | None,
                  targets: list[Path], ensemble: int = 1, seed: int = 0) -> Prediction:
     """Predict one image file and write the mask to ``targets[0]`` (and, when ``ensemble > 1``,
     the mean probability and the standard deviation to ``targets[1]`` and ``targets[2]``)."""
@@ -144,7 +144,7 @@ def predict_case(model: MedNCA | SliceRuntime, image: str | Path, channel: int |
     return pred
 
 
-def predict_file(model: MedNCA | SliceRuntime, image: str | Path, output: str | Path, *, channel: int | None = None,
+def predict_file(model: SegmentationModel | SliceRuntime, image: str | Path, output: str | Path, *, channel: int | None = None,
                  ensemble: int = 1, seed: int = 0, overwrite: bool = False) -> list[Path]:
     """Predict one NIfTI file; write the mask to ``output`` (and ``*_prob``/``*_std`` beside it
     when ``ensemble > 1``). Returns the written paths."""
@@ -158,7 +158,7 @@ def predict_file(model: MedNCA | SliceRuntime, image: str | Path, output: str | 
     return targets
 
 
-def predict_folder(model: MedNCA | SliceRuntime, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
+def predict_folder(model: SegmentationModel | SliceRuntime, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
                    ensemble: int = 1, seed: int = 0, overwrite: bool = False,
                    progress: Callable[[int, int, str], None] | None = None,
                    shard: tuple[int, int] = (0, 1)) -> list[Path]:

@@ -55,7 +55,7 @@ from .data.splits import load_split, make_split, save_split
 from .errors import CheckpointError, DataError, MedNCAError, OutputExistsError
 from .fsutil import atomic_path, atomic_write_text
 from .losses import dice_bce_loss
-from .model import MedNCA
+from .baselines import SegmentationModel, build_model
 from .version import __version__
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ class TrainResult:
     best_val_dice: float
     elapsed_s: float
     stopped_early: bool
-    model: MedNCA | None = field(default=None, repr=False)  # the final (last) weights, eval mode
+    model: SegmentationModel | None = field(default=None, repr=False)  # the final (last) weights, eval mode
 
 
 def epoch_order(data: SliceData, config: MedNCAConfig, seed: int, epoch: int) -> torch.Tensor:
@@ -122,7 +122,7 @@ def lr_at(config: MedNCAConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def validation_dice(model: MedNCA, data: SliceData, seed: int, batch_size: int = 64,
+def validation_dice(model: SegmentationModel, data: SliceData, seed: int, batch_size: int = 64,
                     device: torch.device | None = None) -> float:
     """Mean per-case Dice (3D, on the resized slice grid) of hard predictions; nan if no data.
 
@@ -152,7 +152,7 @@ def validation_dice(model: MedNCA, data: SliceData, seed: int, batch_size: int =
 class _Snapshot:
     """An in-memory copy of model and optimiser state to roll back to after a non-finite loss."""
 
-    def __init__(self, model: MedNCA, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def __init__(self, model: SegmentationModel, optimizer: torch.optim.Optimizer, step: int) -> None:
         self.step = step
         self.model = {k: v.clone() for k, v in model.state_dict().items()}
         opt = optimizer.state_dict()
@@ -160,7 +160,7 @@ class _Snapshot:
                           for i, s in opt["state"].items()}
         self.opt_groups = json.loads(json.dumps(opt["param_groups"]))
 
-    def restore(self, model: MedNCA, optimizer: torch.optim.Optimizer) -> None:
+    def restore(self, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None:
         model.load_state_dict(self.model)
         optimizer.load_state_dict({"state": {i: {k: (v.clone() if torch.is_tensor(v) else v)
                                                  for k, v in s.items()} for i, s in self.opt_state.items()},
@@ -293,7 +293,7 @@ def _train(data_dir, out, config, seed, split_file, max_minutes, epochs, resume,
     if resume and not dist_on:
         model = load_model(out / "checkpoints" / "last.safetensors").train()
     else:
-        model = MedNCA(config, generator=torch.Generator().manual_seed(seed)).train()
+        model = build_model(config, generator=torch.Generator().manual_seed(seed)).train()
     if device is not None:
         model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
@@ -328,7 +328,7 @@ def _train(data_dir, out, config, seed, split_file, max_minutes, epochs, resume,
         model.save(out / "checkpoints" / "last.safetensors", epoch=str(counters["epoch"]))
         save_training_state(state_file, optimizer, generator, counters)
 
-    budget_s = max_minutes * 60.0 if max_minutes else math.inf
+    budget_s = max_minutes * 60.0 if max_minutes is not None else math.inf
     base_elapsed = counters["elapsed_s"]  # training time of earlier sessions of this run
     t_start = time.perf_counter()
     stopped_early = False

@@ -1,0 +1,550 @@
+"""One Markdown report of an experiment: comparison, robustness, quality estimate, example cases.
+
+``make_report(runs, "report/")`` writes ``report/README.md`` and the figures it links, all beside
+it (self-contained, figures at most 1200 px wide):
+
+* a comparison table: a ``mednca compare`` output (``compare.json``: given, or found in a run
+  folder) when there is one, else one row per run from its ``eval_{split}.json``;
+* robustness plots and a table of mean Dice per perturbation (from ``mednca robustness``
+  outputs: given, or ``RUN/robustness_{split}/`` when present);
+* a scatter of the ground-truth-free quality score against Dice (runs evaluated with
+  ``--ensemble K``, K >= 2);
+* for every run, the best, median and worst test case by Dice: image, ground truth, prediction
+  and uncertainty on the slice with the largest label area;
+* for Med-NCA runs, a GIF of the NCA state growing step by step (level 1, then level 2) on one
+  slice: sigmoid of the logit channel.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import DataError
+from .fsutil import atomic_path, atomic_write_text, check_output
+
+MAX_WIDTH_IN = 12.0  # figures are drawn at 100 dpi: at most 1200 px wide
+DPI = 100
+
+
+@dataclass
+class RunInfo:
+    """What the report knows about one run."""
+
+    path: Path
+    label: str
+    slug: str
+    arch: str
+    params: int
+    model: Any
+    results: dict
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _savefig(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _mean_std(stats: dict | None, digits: int = 4) -> str:
+    if not stats or stats.get("mean") is None or not math.isfinite(stats["mean"]):
+        return "–"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def load_runs(runs: Sequence[str | Path], split: str = "test") -> list[RunInfo]:
+    """Load each run's model and ``eval_{split}.json``.
+
+    Raises:
+        DataError: A folder is not a run, or has not been evaluated on ``split``.
+    """
+    from .checkpoint import load_model
+    from .robustness import _model_labels
+
+    paths = [Path(r) for r in runs]
+    if not paths:
+        raise DataError("report needs at least one run folder")
+    models, results = [], []
+    for p in paths:
+        if not (p / "split.json").is_file():
+            raise DataError(f"{p} is not a run folder (no split.json)")
+        ev = p / f"eval_{split}.json"
+        if not ev.is_file():
+            raise DataError(f"{p} has no {ev.name}; run 'mednca evaluate {p} --split {split} --ensemble 4' first")
+        results.append(json.loads(ev.read_text()))
+        models.append(load_model(p))
+    archs = [str(getattr(m.config, "model", "mednca")) for m in models]
+    labels = _model_labels(paths, archs)
+    slugs = [_slug(lbl) for lbl in labels]
+    if len(set(slugs)) < len(slugs):
+        slugs = [f"{s}_{i}" for i, s in enumerate(slugs)]
+    return [RunInfo(p, lbl, s, a, sum(int(t.numel()) for t in m.parameters()), m, r)
+            for p, lbl, s, a, m, r in zip(paths, labels, slugs, archs, models, results)]
+
+
+# -- comparison --------------------------------------------------------------------------------
+def find_compare(runs: Sequence[RunInfo], compare: str | Path | None) -> Path | None:
+    """The ``mednca compare`` JSON to use: the given one, else the first ``compare.json`` found in
+    (or under ``compare/`` of) a run folder."""
+    if compare is not None:
+        path = Path(compare)
+        if not path.is_file():
+            raise DataError(f"compare file {path} does not exist")
+        return path
+    for r in runs:
+        for candidate in (r.path / "compare.json", r.path / "compare.md", r.path / "compare" / "compare.json"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict) and "mean" in value:
+        return _mean_std(value)
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)[:60]
+    return str(value).replace("|", "\\|")
+
+
+def _table_rows(data) -> list[dict] | None:
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        return data
+    if isinstance(data, dict):
+        for key in ("rows", "models", "results", "table"):
+            rows = _table_rows(data.get(key))
+            if rows:
+                return rows
+        for value in data.values():
+            if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+                return value
+    return None
+
+
+def compare_markdown(path: Path) -> str:
+    """A Markdown table of a ``mednca compare`` output: the Markdown file written beside the JSON
+    (or given directly) when there is one, else a table of the JSON's ``rows``."""
+    if path.suffix.lower() == ".md":
+        return path.read_text().strip()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read compare file {path} ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("markdown"), str):
+        return data["markdown"].strip()
+    md = path.with_suffix(".md")
+    if md.is_file():
+        return md.read_text().strip()
+    rows = _table_rows(data)
+    if not rows:
+        return f"(`{path}` has no table rows; see the file)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def runs_table(runs: Sequence[RunInfo]) -> str:
+    """One row per run from its evaluation: model, parameters, Dice, HD95, quality correlation."""
+    lines = ["| model | run | parameters | test cases | Dice (mean ± std) | HD95 mm (mean ± std) | "
+             "quality ρ vs Dice |", "|---|---|---:|---:|---|---|---:|"]
+    for r in runs:
+        s = r.results.get("summary", {})
+        q = r.results.get("quality") or {}
+        lines.append(f"| {r.label} | `{r.path}` | {r.params:,} | {len(r.results.get('cases', []))} | "
+                     f"{_mean_std(s.get('dice'))} | {_mean_std(s.get('hd95_mm'), 2)} | "
+                     f"{_fmt(q.get('spearman_dice'), 3)} |")
+    return "\n".join(lines)
+
+
+# -- robustness --------------------------------------------------------------------------------
+def find_robustness(runs: Sequence[RunInfo], robustness: Sequence[str | Path] | None, split: str) -> list[Path]:
+    """Robustness output folders: the given ones, else ``RUN/robustness_{split}`` where present."""
+    if robustness:
+        dirs = [Path(d) for d in robustness]
+        for d in dirs:
+            if not (d / "robustness.json").is_file():
+                raise DataError(f"{d} is not a 'mednca robustness' output folder (no robustness.json)")
+        return dirs
+    found = [r.path / f"robustness_{split}" for r in runs]
+    return list(dict.fromkeys(d for d in found if (d / "robustness.json").is_file()))
+
+
+def robustness_markdown(dirs: Sequence[Path], out: Path) -> str:
+    """Copy the robustness plots into ``out`` and describe them, with a table of mean Dice."""
+    parts = []
+    for i, d in enumerate(dirs):
+        data = json.loads((d / "robustness.json").read_text())
+        sev = data.get("severities")
+        tag = "" if len(dirs) == 1 else f"_{i + 1}"
+        parts.append(f"From `{d}` ({len(data.get('cases', []))} case(s), {sev} severities, seed "
+                     f"{data.get('seed')}, K = {data.get('ensemble')} passes; per-case rows in "
+                     f"`{d / 'robustness.csv'}`).")
+        figs = data.get("figures", {})
+        for key, title in (("dice", "Mean Dice vs severity"), ("quality", "Mean quality score vs severity")):
+            name = figs.get(key)
+            if name and (d / name).is_file():
+                target = f"robustness{tag}_{key}.png"
+                shutil.copyfile(d / name, out / target)
+                parts.append(f"**{title}** (one panel per perturbation, one line per model):\n\n"
+                             f"![{title}]({target})")
+        summary = data.get("summary", {})
+        perts = list(data.get("perturbations", {}))
+        if summary and perts and sev:
+            models = list(summary)
+            lines = ["| perturbation | max magnitude | " + " | ".join(f"{m}: Dice clean → max (quality)"
+                                                                     for m in models) + " |",
+                     "|---|---|" + "---|" * len(models)]
+            for p in perts:
+                info = data["perturbations"][p]
+                cells = []
+                for m in models:
+                    s = summary[m].get(p, {})
+                    clean, worst = s.get("0", {}), s.get(str(sev), {})
+                    cells.append(f"{_fmt(clean.get('dice_mean'), 3)} → {_fmt(worst.get('dice_mean'), 3)} "
+                                 f"({_fmt(clean.get('quality_mean'), 3)} → {_fmt(worst.get('quality_mean'), 3)})")
+                lines.append(f"| {p} | {_fmt(info['magnitudes'][-1], 3)} ({info['unit']}) | " + " | ".join(cells) + " |")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+# -- quality -----------------------------------------------------------------------------------
+def quality_scatter(runs: Sequence[RunInfo], path: Path) -> bool:
+    """Quality score (x) vs Dice (y), one colour per run that has per-case quality; False if none."""
+    with_q = [r for r in runs if r.results.get("cases") and "quality" in r.results["cases"][0]]
+    if not with_q:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in with_q:
+        q = [c["quality"] for c in r.results["cases"]]
+        d = [c["dice"] for c in r.results["cases"]]
+        rho = (r.results.get("quality") or {}).get("spearman_dice")
+        ax.scatter(q, d, s=18, alpha=0.75, label=f"{r.label} (ρ = {_fmt(rho, 2)})")
+    fail = (with_q[0].results.get("quality") or {}).get("failure_dice", 0.8)
+    ax.axhline(fail, color="grey", ls="--", lw=1)
+    ax.set_xlabel("quality score (lower = more confident)")
+    ax.set_ylabel("Dice")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _savefig(fig, path)
+    return True
+
+
+def quality_markdown(runs: Sequence[RunInfo]) -> str:
+    lines = ["| model | K | quality (mean ± std) | Spearman ρ (quality, Dice) | failures (Dice < 0.8) | "
+             "caught by flagging the worst 10 % |", "|---|---:|---|---:|---:|---|"]
+    for r in runs:
+        q = r.results.get("quality")
+        if not q:
+            continue
+        share = q.get("caught_share")
+        caught = "no failures" if share is None else f"{q['failures_caught']}/{q['n_failures']} ({share:.0%})"
+        lines.append(f"| {r.label} | {q.get('ensemble')} | {_mean_std(r.results['summary'].get('quality'))} | "
+                     f"{_fmt(q.get('spearman_dice'), 3)} | {q.get('n_failures')} | {caught} "
+                     f"({q.get('n_flagged')} flagged) |")
+    return "\n".join(lines)
+
+
+# -- example cases -----------------------------------------------------------------------------
+def pick_cases(results: dict) -> list[tuple[str, dict]]:
+    """(tag, case row) of the best, median and worst case by Dice (fewer when cases repeat)."""
+    rows = sorted(results.get("cases", []), key=lambda r: (r["dice"], r["case"]))
+    if not rows:
+        return []
+    picks = [("best", rows[-1]), ("median", rows[len(rows) // 2]), ("worst", rows[0])]
+    seen, out = set(), []
+    for tag, row in picks:
+        if row["case"] not in seen:
+            seen.add(row["case"])
+            out.append((tag, row))
+    return out
+
+
+def _read_nifti(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    from .data.volumes import read_image
+
+    return read_image(path, None).data
+
+
+def case_arrays(run: RunInfo, case_id: str, data_dir: Path, split: str, seed: int = 0,
+                ensemble: int = 4) -> dict[str, np.ndarray]:
+    """Image, binary label, predicted mask and uncertainty (std) of one case, on its own grid.
+
+    The mask and std are the ones ``mednca evaluate`` wrote (``RUN/predictions_{split}/``) when
+    they exist; otherwise they are predicted here with ``ensemble`` passes.
+    """
+    import torch
+
+    from .data.cases import find_cases
+    from .data.volumes import binarize, read_case
+    from .predict import predict_volume
+
+    cfg = run.model.config
+    cases = {c.case_id: c for c in find_cases(data_dir, cfg.channel)}
+    if case_id not in cases:
+        raise DataError(f"case {case_id} of {run.path} is not in {data_dir}")
+    image, label = read_case(cases[case_id])
+    pred_dir = run.path / f"predictions_{split}"
+    mask = _read_nifti(pred_dir / f"{case_id}.nii.gz")
+    std = _read_nifti(pred_dir / "std" / f"{case_id}.nii.gz")
+    if mask is None or std is None:
+        pred = predict_volume(run.model, image.data, ensemble, torch.Generator().manual_seed(seed))
+        mask = pred.mask if mask is None else mask
+        std = pred.std if std is None else std
+    return {"image": image.data, "label": binarize(label.data, cfg.label), "mask": (mask > 0).astype(np.uint8),
+            "std": np.asarray(std, np.float32)}
+
+
+def best_slice(label: np.ndarray, axis: int, fallback: np.ndarray | None = None) -> int:
+    """Index along ``axis`` of the slice with the largest label area (else of ``fallback``, else
+    the middle slice)."""
+    for m in (label, fallback):
+        if m is not None and m.any():
+            area = np.moveaxis(m, axis, 0).reshape(m.shape[axis], -1).sum(1)
+            return int(area.argmax())
+    return label.shape[axis] // 2
+
+
+def overlay_figure(arrays: dict[str, np.ndarray], axis: int, title: str, path: Path) -> Path:
+    """Four panels on the largest-label slice: image, ground truth, prediction, uncertainty."""
+    plt = _plt()
+    k = best_slice(arrays["label"], axis, arrays["mask"])
+    sl = {n: np.take(a, k, axis=axis).T for n, a in arrays.items()}  # rows = 2nd in-plane axis
+    fig, axes = plt.subplots(1, 4, figsize=(MAX_WIDTH_IN, 3.4))
+    img = dict(cmap="gray", origin="lower", interpolation="nearest")
+    axes[0].imshow(sl["image"], **img)
+    axes[0].set_title("image")
+    for ax, key, colour, name in ((axes[1], "label", "Reds", "ground truth"),
+                                  (axes[2], "mask", "Blues", "prediction")):
+        ax.imshow(sl["image"], **img)
+        ax.imshow(np.ma.masked_where(sl[key] == 0, sl[key]), cmap=colour, vmin=0, vmax=1.3, alpha=0.55,
+                  origin="lower", interpolation="nearest")
+        ax.set_title(name)
+    if sl["label"].any():
+        axes[2].contour(sl["label"], levels=[0.5], colors="red", linewidths=0.8, origin="lower")
+    im = axes[3].imshow(sl["std"], cmap="magma", vmin=0, vmax=max(0.01, float(sl["std"].max())), origin="lower",
+                        interpolation="nearest")
+    axes[3].set_title("uncertainty (std)")
+    fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(f"{title} — slice {k} along axis {axis}", fontsize=10)
+    fig.tight_layout()
+    return _savefig(fig, path)
+
+
+# -- NCA growth animation ----------------------------------------------------------------------
+def nca_frames(model, image: "torch.Tensor", generator=None) -> list[tuple[int, int, np.ndarray]]:
+    """The NCA's segmentation growing step by step on one slice.
+
+    Runs level 1 on the down-scaled image, then level 2 at full resolution, one
+    ``NCALevel.step`` at a time, exactly as :meth:`MedNCA.forward` does at inference (the same
+    generator draws give the same result).
+
+    Args:
+        model: A :class:`~mednca.model.MedNCA`.
+        image: (1, 1, S, S) normalised slice.
+
+    Returns:
+        ``(level, step, probability)`` per frame, the probability being sigmoid(channel 1) as an
+        (S, S) array (level 1 up-scaled, nearest); frame 0 is the seed state.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cfg = model.config
+    s = cfg.scale
+    frames = []
+
+    def grab(level: int, step: int, state: torch.Tensor, up: bool) -> None:
+        x = F.interpolate(state, scale_factor=s, mode="nearest") if up else state
+        frames.append((level, step, torch.sigmoid(x[0, 1]).cpu().numpy()))
+
+    with torch.no_grad():
+        state = model.seed(F.avg_pool2d(image, s))  # what MedNCA.global_state starts from
+        grab(1, 0, state, True)
+        for k in range(cfg.steps):
+            state = model.level1.step(state, generator)
+            grab(1, k + 1, state, True)
+        state = torch.cat((image, F.interpolate(state, scale_factor=s, mode="nearest")[:, 1:]), 1)
+        for k in range(cfg.steps):
+            state = model.level2.step(state, generator)
+            grab(2, k + 1, state, False)
+    return frames
+
+
+def growth_gif(run: RunInfo, arrays: dict[str, np.ndarray], path: Path, seed: int = 0, fps: int = 4) -> int:
+    """Write a GIF of the NCA growing on the case's largest-label slice; returns the frame count."""
+    import torch
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    from .data.slices import image_slices, label_slices
+
+    plt = _plt()
+    cfg = run.model.config
+    k = best_slice(arrays["label"], cfg.axis, arrays["mask"])
+    img = image_slices(arrays["image"], cfg.axis, cfg.image_size, cfg.interpolation)[k:k + 1]  # (1, 1, S, S)
+    lab = label_slices(arrays["label"], cfg.axis, cfg.image_size)[k, 0].numpy()
+    frames = nca_frames(run.model, img, torch.Generator().manual_seed(seed))
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    axes[0].imshow(img[0, 0].numpy().T, cmap="gray", origin="lower")
+    if lab.any():
+        axes[0].contour(lab.T, levels=[0.5], colors="red", linewidths=0.8, origin="lower")
+    axes[0].set_title("image + ground truth", fontsize=9)
+    shown = axes[1].imshow(frames[0][2].T, cmap="viridis", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.set_axis_off()
+    title = axes[1].set_title("", fontsize=9)
+    fig.tight_layout()
+
+    def draw(i: int):
+        level, step, prob = frames[i]
+        shown.set_data(prob.T)
+        where = f"1/{cfg.scale} resolution" if level == 1 else "full resolution"
+        title.set_text(f"level {level} ({where}), step {step}/{cfg.steps}")
+        return shown, title
+
+    anim = FuncAnimation(fig, draw, frames=len(frames), blit=False)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        anim.save(str(tmp), writer=PillowWriter(fps=fps), dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    return len(frames)
+
+
+# -- the report --------------------------------------------------------------------------------
+def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, compare: str | Path | None = None,
+                robustness: Sequence[str | Path] | None = None, split: str = "test",
+                data_dir: str | Path | None = None, seed: int = 0, overwrite: bool = False,
+                log: Callable[[str], None] | None = None) -> Path:
+    """Write ``out_dir/README.md`` and its figures (see the module docstring).
+
+    Args:
+        runs: Evaluated run folders (``mednca evaluate RUN --split SPLIT``; with ``--ensemble K``
+            for the quality section).
+        compare: A ``mednca compare`` JSON (default: one found in a run folder, if any).
+        robustness: ``mednca robustness`` output folders (default: ``RUN/robustness_{split}``).
+        data_dir: Task folder for the example cases (default: each run's training data).
+        seed: Seed of the fire masks for anything predicted here (uncertainty maps, the GIF).
+
+    Returns:
+        The path of the Markdown file.
+    """
+    from .model import MedNCA
+    from .version import __version__
+
+    from .robustness import require_extras
+
+    require_extras("matplotlib")
+    say = log or (lambda s: None)
+    out = Path(out_dir)
+    md_path = check_output(out / "README.md", overwrite)
+    infos = load_runs(runs, split)
+    out.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    md = [f"# mednca report\n\nmednca {__version__}, {now}; `{split}` split.",
+          "Dice is computed on hard 3D masks on the label grid; HD95 in mm (see the README's Metrics)."]
+
+    md.append("## Comparison")
+    cmp_path = find_compare(infos, compare)
+    if cmp_path is not None:
+        md.append(f"From `{cmp_path}`:\n\n{compare_markdown(cmp_path)}")
+        md.append(f"Per run (`eval_{split}.json`):\n\n{runs_table(infos)}")
+    else:
+        md.append(runs_table(infos))
+
+    md.append("## Robustness")
+    rob_dirs = find_robustness(infos, robustness, split)
+    if rob_dirs:
+        md.append("Each model segments the same perturbed test volumes (MRI artefacts via TorchIO; "
+                  "translation and zoom in-plane, with the label moved alike). Severity 0 is the clean image.")
+        md.append(robustness_markdown(rob_dirs, out))
+    else:
+        md.append(f"No robustness results (run `mednca robustness RUN ... --split {split}` and pass "
+                  "`--robustness DIR`).")
+
+    md.append("## Quality estimate without ground truth")
+    if quality_scatter(infos, out / "quality_vs_dice.png"):
+        from .quality import DEFINITION
+
+        md.append(f"Per case, from K stochastic passes: {DEFINITION}. Cases below the dashed line "
+                  "(Dice < 0.8) count as failures; the worst-scored 10 % of cases are flagged.")
+        md.append(quality_markdown(infos))
+        md.append("![quality score vs Dice](quality_vs_dice.png)")
+    else:
+        md.append(f"No per-case quality scores: evaluate with `mednca evaluate RUN --split {split} --ensemble 4`.")
+
+    md.append("## Example test cases")
+    md.append("Best, median and worst case by Dice; the slice with the largest label area. Panels: "
+              "image, ground truth (red), prediction (blue, ground-truth contour in red), per-voxel "
+              "standard deviation over the stochastic passes.")
+    for r in infos:
+        md.append(f"### {r.label}")
+        ddir = Path(data_dir) if data_dir else None
+        if ddir is None and (r.path / "run.json").is_file():
+            ddir = Path(json.loads((r.path / "run.json").read_text())["data"])
+        if ddir is None:
+            md.append(f"(no data folder known for `{r.path}`; pass `--data`)")
+            continue
+        median_arrays = None
+        for tag, row in pick_cases(r.results):
+            arrays = case_arrays(r, row["case"], ddir, split, seed)
+            name = f"case_{r.slug}_{tag}.png"
+            overlay_figure(arrays, r.model.config.axis, f"{r.label}: {tag} case {row['case']}, Dice "
+                           f"{row['dice']:.3f}", out / name)
+            md.append(f"**{tag}**: `{row['case']}`, Dice {row['dice']:.3f}"
+                      + (f", quality {row['quality']:.4g}" if "quality" in row else "")
+                      + f"\n\n![{tag} case {row['case']}]({name})")
+            if tag == "median" or median_arrays is None:
+                median_arrays = (row, arrays)
+            say(f"report: {r.label} {tag} case {row['case']}")
+        if isinstance(r.model, MedNCA) and median_arrays is not None:
+            row, arrays = median_arrays
+            gif = f"nca_growth_{r.slug}.gif"
+            n = growth_gif(r, arrays, out / gif, seed)
+            md.append(f"**NCA growth** on case `{row['case']}` ({n} frames: level 1 on the image down-scaled "
+                      f"×{r.model.config.scale}, then level 2 at full resolution; sigmoid of the logit "
+                      f"channel):\n\n![NCA growth]({gif})")
+    atomic_write_text(md_path, "\n\n".join(md) + "\n")
+    return md_path
