@@ -864,24 +864,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # -- command line ----------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``mednca bench`` (``mednca.cli`` declares the same ones without importing torch)."""
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat (a smoke test, seconds)")
-    parser.add_argument("--only", action="append", metavar="PATTERN",
-                        help="run only cases whose name matches (glob or substring; comma-separated or repeated)")
-    parser.add_argument("--list", action="store_true", help="list the case names and exit")
-    parser.add_argument("--json-out", metavar="FILE", help="write all results as JSON")
-    parser.add_argument("--markdown-out", metavar="FILE", help="write the Markdown tables (also printed)")
-    parser.add_argument("--repeats", type=int, help="minimum timed repeats per measurement (default 3; 1 with --quick)")
-    parser.add_argument("--budget", type=float, help="seconds of timed repeats to aim for per measurement, "
-                        "at most 20 repeats (default 10; 0 with --quick)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
-    parser.add_argument("--data", help=f"MSD hippocampus task folder (default {DEFAULT_DATA})")
-    parser.add_argument("--max-rss-gb", type=float, help="abort a measurement whose memory passes this "
-                        "(default 80%% of the memory available at the start)")
-
-
 def options_from_args(args: argparse.Namespace) -> Options:
     gb = getattr(args, "max_rss_gb", None)
     return Options(quick=bool(getattr(args, "quick", False)), repeats=getattr(args, "repeats", None),
@@ -909,7 +891,9 @@ def run_cli(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mednca.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
+    from .cli import add_bench_arguments
+
+    add_bench_arguments(parser)
     internal = parser.add_argument_group("one measurement (run by the benchmark in a fresh process)")
     internal.add_argument("--case", help="measure this case only, in this process")
     internal.add_argument("--impl", default="mednca", choices=(*IMPLS, "check"))

@@ -238,6 +238,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``mednca bench`` (also used by ``python -m mednca.bench``; no torch import)."""
+    p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat (a smoke test, seconds)")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only cases whose name matches (glob or substring; comma-separated or repeated)")
+    p.add_argument("--list", action="store_true", help="list the case names and exit")
+    p.add_argument("--json-out", metavar="FILE", help="write all results as JSON")
+    p.add_argument("--markdown-out", metavar="FILE", help="write the Markdown tables (also printed)")
+    p.add_argument("--repeats", type=_positive_int, help="minimum timed repeats per measurement (default 3; 1 with --quick)")
+    p.add_argument("--budget", type=float, help="seconds of timed repeats to aim for per measurement, at most 20 "
+                   "repeats (default 10; 0 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's default)")
+    p.add_argument("--data", help="MSD hippocampus task folder (default ../shared/data/Task04_Hippocampus)")
+    p.add_argument("--max-rss-gb", type=float, help="abort a measurement whose memory passes this "
+                   "(default 80%% of the memory available at the start)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mednca", epilog=EPILOG,
@@ -391,25 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder")
     p.set_defaults(func=cmd_info)
 
-    # the same options as mednca.bench.add_arguments (declared here so --help needs no torch)
     p = sub.add_parser("bench", help="time and memory of mednca against a plain PyTorch Med-NCA",
                        description="Training and inference time, peak memory and GFLOP/s of mednca against a "
                                    "plain PyTorch Med-NCA with the same weights and fire masks (checked to agree "
                                    "before timing); each measurement in a fresh process. Prints Markdown tables.")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat (a smoke test, seconds)")
-    p.add_argument("--only", action="append", metavar="PATTERN",
-                   help="run only cases whose name matches (glob or substring; comma-separated or repeated)")
-    p.add_argument("--list", action="store_true", help="list the case names and exit")
-    p.add_argument("--json-out", metavar="FILE", help="write all results as JSON")
-    p.add_argument("--markdown-out", metavar="FILE", help="write the Markdown tables (also printed)")
-    p.add_argument("--repeats", type=_positive_int, help="minimum timed repeats per measurement (default 3; 1 with --quick)")
-    p.add_argument("--budget", type=float, help="seconds of timed repeats to aim for per measurement, at most 20 "
-                   "repeats (default 10; 0 with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
-    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's default)")
-    p.add_argument("--data", help="MSD hippocampus task folder (default ../shared/data/Task04_Hippocampus)")
-    p.add_argument("--max-rss-gb", type=float, help="abort a measurement whose memory passes this "
-                   "(default 80%% of the memory available at the start)")
+    add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compare", help="compare run folders: size, test Dice/HD95, CPU speed, memory",

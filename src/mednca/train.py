@@ -309,7 +309,9 @@ def _train(data_dir, out, config, seed, split_file, max_minutes, epochs, resume,
         counters.update(saved_counters)
     if resume:
         log(f"resuming {out} at epoch {counters['epoch'] + 1}, batch {counters['batch_in_epoch']}")
-    log(f"model: {model.num_parameters():,} parameters, {config.channels} channels, {config.steps} steps/level")
+    shape = (f"{config.channels} channels, {config.steps} steps/level" if config.model == "mednca"
+             else "whole-slice training")
+    log(f"model: {config.model}, {model.num_parameters():,} parameters, {shape}")
     net: torch.nn.Module = model
     if dist_on:
         from torch.nn.parallel import DistributedDataParallel
