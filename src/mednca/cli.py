@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="keep the dataset and run here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--epochs", type=_positive_int, default=30, help="training epochs (default 30)")
-    p.add_argument("--max-minutes", type=float, default=4.0, help="training time budget (default 4)")
+    p.add_argument("--max-minutes", type=float, help="optional training time budget (default: none)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a Med-NCA on an MSD or nnU-Net task folder",

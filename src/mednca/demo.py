@@ -11,7 +11,7 @@ from .config import MedNCAConfig
 
 
 def run_demo(out: str | Path | None = None, *, seed: int = 0, epochs: int = 30, n_cases: int = 24,
-             max_minutes: float | None = 4.0, log: Callable[[str], None] = print) -> dict:
+             max_minutes: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Make a synthetic dataset, train the ``demo`` preset, evaluate on its test split.
 
     Args:
@@ -19,7 +19,8 @@ def run_demo(out: str | Path | None = None, *, seed: int = 0, epochs: int = 30, 
         seed: Seed of the data split and the training.
         epochs: Training epochs.
         n_cases: Synthetic cases to generate.
-        max_minutes: Training time budget.
+        max_minutes: Optional training time budget (default none: all ``epochs`` run, so a slow
+            machine takes longer but still ends with a trained model).
         log: Where status lines go.
 
     Returns:
