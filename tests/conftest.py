@@ -22,3 +22,30 @@ def synthetic_task(tmp_path: Path) -> Path:
     from mednca.data.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path / "Task00_Synth", n_cases=6, shape=(20, 20, 6), seed=0)
+
+
+def train_tiny_run(root: Path) -> tuple[Path, Path]:
+    """Train a tiny Med-NCA for one epoch on a 6-case synthetic task with a fixed 2/1/3 split.
+
+    Returns:
+        (task folder, run folder)
+    """
+    import json
+
+    from mednca.data.synthetic import make_synthetic_dataset
+    from mednca.train import train
+
+    data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
+    ids = [f"synth_{i:03d}" for i in range(6)]
+    split = root / "split.json"
+    split.write_text(json.dumps({"train": ids[:2], "val": ids[2:3], "test": ids[3:]}))
+    cfg = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4,
+                       epochs=1, interpolation="linear")
+    train(data, root / "run", cfg, split_file=split, progress=False, log=lambda s: None)
+    return data, root / "run"
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    """The :func:`train_tiny_run` helper, for module-scoped fixtures of other test files."""
+    return train_tiny_run

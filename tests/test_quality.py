@@ -10,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mednca.config import MedNCAConfig
-from mednca.data.synthetic import make_synthetic_dataset
 from mednca.evaluate import evaluate_run
 from mednca.quality import add_quality, failure_catch, quality_score, quality_summary, spearman
-from mednca.train import train
 
 
 def test_quality_score_formula() -> None:
@@ -68,16 +65,8 @@ def test_add_quality() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("quality")
-    data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
-    split = root / "split.json"
-    ids = [f"synth_{i:03d}" for i in range(6)]
-    split.write_text(json.dumps({"train": ids[:2], "val": ids[2:3], "test": ids[3:]}))
-    cfg = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4,
-                       epochs=1, interpolation="linear")
-    train(data, root / "run", cfg, split_file=split, progress=False, log=lambda s: None)
-    return root / "run"
+def tiny_run(tmp_path_factory, train_tiny) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("quality"))[1]
 
 
 def test_evaluate_run_adds_quality(tiny_run: Path) -> None:

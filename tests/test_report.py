@@ -10,26 +10,16 @@ import pytest
 import torch
 
 from mednca.cli import main
-from mednca.config import MedNCAConfig
-from mednca.data.synthetic import make_synthetic_dataset
 from mednca.evaluate import evaluate_run
 from mednca.report import make_report, nca_frames
 from mednca.robustness import run_robustness
-from mednca.train import train
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> tuple[Path, Path, Path]:
+def evaluated(tmp_path_factory, train_tiny) -> tuple[Path, Path, Path]:
     """(task folder, run evaluated with K=2 on 3 test cases, its robustness output)."""
     root = tmp_path_factory.mktemp("report")
-    data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
-    split = root / "split.json"
-    ids = [f"synth_{i:03d}" for i in range(6)]
-    split.write_text(json.dumps({"train": ids[:2], "val": ids[2:3], "test": ids[3:]}))
-    cfg = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4,
-                       epochs=1, interpolation="linear")
-    run = root / "run"
-    train(data, run, cfg, split_file=split, progress=False, log=lambda s: None)
+    data, run = train_tiny(root)
     evaluate_run(run, "test", ensemble=2)
     rob = root / "rob"
     run_robustness([run], data, out_dir=rob, severities=1, cases=1, ensemble=2, perturbations=["noise", "zoom_out"])

@@ -844,13 +844,13 @@ def markdown(results: dict[str, Any]) -> str:
 
     r = results.get("ratios", {})
     lines.extend(["#### Ratios (same run)", "",
-                  f"- training speed-up of mednca over plain: "
+                  "- training speed-up of mednca over plain: "
                   + (", ".join(f"{k} {v:.2f}×" for k, v in r.get("train_speedup", {}).items()) or "–")
                   + f" (geometric mean {_f(r.get('train_speedup_geomean'), '.2f')}×)",
-                  f"- inference speed-up: "
+                  "- inference speed-up: "
                   + (", ".join(f"{k} {v:.2f}×" for k, v in r.get("infer_speedup", {}).items()) or "–")
                   + f" (geometric mean {_f(r.get('infer_speedup_geomean'), '.2f')}×)",
-                  f"- inference speed-up in the sweeps: "
+                  "- inference speed-up in the sweeps: "
                   + (", ".join(f"{k} {v:.2f}×" for k, v in r.get("scale_speedup", {}).items()) or "–"),
                   "- effective rate as % of the matmul rate (mednca / plain): "
                   + (", ".join(f"{k} {_f(v.get('mednca'), '.0f')} / {_f(v.get('plain'), '.0f')} %"
