@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mednca {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="train and test on a built-in synthetic dataset (~2 min)",
+    p = sub.add_parser("demo", help="train and test on a built-in synthetic dataset (~1 min)",
                        description="Make a procedural MRI-like dataset, train a small Med-NCA on it "
                                    "and print its test Dice. Needs no data and no internet.")
     p.add_argument("--out", help="keep the dataset and run here (default: a temporary folder)")
