@@ -22,14 +22,14 @@ labels of the whole image, not of a patch. It is deterministic: ``predict_proba`
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Union
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import Checkpointable
 from .config import MODEL_TYPES, MedNCAConfig
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .model import MedNCA
 
 #: BasicUNet features (5 levels + the last up-sampling block) of each UNet model type.
@@ -41,7 +41,7 @@ UNET_FEATURES: dict[str, tuple[int, int, int, int, int, int]] = {
 MIN_UNET_SIDE = 16
 
 
-class UNetBaseline(nn.Module):
+class UNetBaseline(Checkpointable, nn.Module):
     """A 2D UNet with :class:`~mednca.model.MedNCA`'s interface (forward, predict_proba, save/load).
 
     Args:
@@ -112,31 +112,6 @@ class UNetBaseline(nn.Module):
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         prob = torch.sigmoid(self(images))
         return prob, torch.zeros_like(prob)
-
-    def num_parameters(self) -> int:
-        """Trainable parameters (batch-norm running statistics are buffers, not counted)."""
-        return sum(p.numel() for p in self.parameters())
-
-    def save(self, path: str | Path, **metadata: str) -> Path:
-        """Write weights + config + package version to one safetensors file (atomically)."""
-        from .checkpoint import save_model
-
-        return save_model(self, path, metadata)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "UNetBaseline":
-        """Load a UNet checkpoint file, or a run folder's best (else last) checkpoint.
-
-        Raises:
-            CheckpointError: The checkpoint is not a UNet (e.g. a Med-NCA).
-        """
-        from .checkpoint import load_model
-
-        model = load_model(path)
-        if not isinstance(model, cls):
-            raise CheckpointError(f"{path} holds a {model.config.model!r} model, not a UNet; "
-                                  "load it with mednca.checkpoint.load_model")
-        return model
 
 
 #: Any model :func:`build_model` returns: both share forward / predict_proba / save / load.

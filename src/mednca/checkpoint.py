@@ -21,6 +21,36 @@ from .version import CHECKPOINT_FORMAT, __version__
 _KIND = "mednca-model"
 
 
+class Checkpointable:
+    """Persistence shared by the segmentation models (MedNCA, UNetBaseline): one safetensors
+    file holding weights, config and package version; never unpickled when loaded."""
+
+    #: ``load`` returns whatever model the checkpoint holds (True) or only this class (False).
+    load_any_model: bool = False
+
+    def num_parameters(self) -> int:
+        """Trainable parameters (buffers such as batch-norm statistics are not counted)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path: str | Path, **metadata: str) -> Path:
+        """Write weights + config + package version to one safetensors file (atomically)."""
+        return save_model(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Load a checkpoint file, or a run folder's best (else last) checkpoint.
+
+        Raises:
+            CheckpointError: Unreadable, incompatible, or (unless ``load_any_model``) holding
+                another kind of model.
+        """
+        model = load_model(path)
+        if not cls.load_any_model and not isinstance(model, cls):
+            raise CheckpointError(f"{path} holds a {model.config.model!r} model, not a {cls.__name__}; "
+                                  "load it with mednca.checkpoint.load_model")
+        return model
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run folder's ``checkpoints/best`` (else ``last``) checkpoint."""
     path = Path(path)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import Checkpointable
 from .config import MedNCAConfig
 from .nca import NCALevel
 
 
-class MedNCA(nn.Module):
+class MedNCA(Checkpointable, nn.Module):
     """Med-NCA (Kalkhof, González, Mukhopadhyay, IPMI 2023).
 
     Level 1 runs ``steps`` steps on the image down-scaled by ``scale`` (global context); its
@@ -24,6 +24,9 @@ class MedNCA(nn.Module):
         config: The model's configuration (see :class:`MedNCAConfig`).
         generator: Source of the initial weights (default: torch's global generator).
     """
+
+    #: ``MedNCA.load`` is the public entry point: it rebuilds whatever model a checkpoint holds.
+    load_any_model = True
 
     def __init__(self, config: MedNCAConfig | None = None, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -131,23 +134,3 @@ class MedNCA(nn.Module):
         probs = torch.stack([torch.sigmoid(self(images, generator=generator)) for _ in range(ensemble)])
         std = probs.std(0, unbiased=False) if ensemble > 1 else torch.zeros_like(probs[0])
         return probs.mean(0), std
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    # -- persistence -----------------------------------------------------------------------
-    def save(self, path: str | Path, **metadata: str) -> Path:
-        """Write weights + config + package version to one safetensors file (atomically)."""
-        from .checkpoint import save_model
-
-        return save_model(self, path, metadata)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "MedNCA":
-        """Load a checkpoint file, or a run folder's best (else last) checkpoint.
-
-        Loading never executes code from the file (safetensors + JSON only).
-        """
-        from .checkpoint import load_model
-
-        return load_model(path)
