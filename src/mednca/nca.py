@@ -84,21 +84,42 @@ class NCALevel(nn.Module):
     def step_sparse(self, x: Tensor, mask: Tensor) -> Tensor:
         """The same step as :meth:`step_dense`, computing the update only for firing cells.
 
-        Gathers the perception vectors of the cells where ``mask`` is 1, runs the per-cell
-        network on them (fused, chunked, memory-lean: :func:`~mednca.cellmlp.cell_mlp`) and
-        scatters the updates back: about half the work at fire rate 0.5. Differentiable.
-
         Args:
             x: (B, C, H, W) state.
             mask: (B, 1, H, W) fire mask from :meth:`fire_mask`.
         """
-        b, c, h, w = x.shape
-        feats = self.perceive(x).permute(0, 2, 3, 1).reshape(-1, 3 * c)  # (BHW, 3C)
-        fired = mask.reshape(-1).nonzero().squeeze(1)  # (F,)
-        dx = cell_mlp(feats.index_select(0, fired), self.fc0.weight.flatten(1), self.fc0.bias,
-                      self.fc1.weight.flatten(1))  # (F, C), channel 0 zero
-        out = x.permute(0, 2, 3, 1).reshape(-1, c).index_add(0, fired, dx)  # (BHW, C)
-        return out.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+        state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+        out = self.step_cells(state, mask.reshape(-1).nonzero().squeeze(1))
+        return out.permute(0, 3, 1, 2).contiguous()
+
+    def step_cells(self, state: Tensor, fired: Tensor) -> Tensor:
+        """One step on a channels-last state, updating only the cells listed in ``fired``.
+
+        The two perception convs run as one conv on the channels-last state (no layout copies);
+        the perception vectors of the firing cells are gathered, with a ones column that carries
+        the first layer's bias, into the fused, chunked, memory-lean per-cell network
+        (:func:`~mednca.cellmlp.cell_mlp`) and the updates are scattered back: about half the
+        network's work at fire rate 0.5. Same math as :meth:`step_dense`; differentiable.
+
+        Args:
+            state: (B, H, W, C) contiguous state.
+            fired: (F,) indices of the firing cells in the flattened (B, H, W) grid.
+
+        Returns:
+            (B, H, W, C) new state; channel 0 unchanged.
+        """
+        b, h, w, c = state.shape
+        view = state.permute(0, 3, 1, 2)  # (B, C, H, W) view, channels-last in memory
+        padded = F.pad(view, (1, 1, 1, 1), mode="reflect")
+        weight = torch.cat((self.p0.weight, self.p1.weight), 0)  # (2C, C, 3, 3): both convs in one
+        bias = torch.cat((self.p0.bias, self.p1.bias), 0)  # (2C,)
+        seen = F.conv2d(padded, weight, bias).permute(0, 2, 3, 1).reshape(-1, 2 * c)  # (BHW, 2C)
+        cells = state.reshape(-1, c)  # (BHW, C)
+        ones = state.new_ones((fired.shape[0], 1))
+        feats = torch.cat((cells.index_select(0, fired), seen.index_select(0, fired), ones), 1)  # (F, 3C+1)
+        w0 = torch.cat((self.fc0.weight.flatten(1), self.fc0.bias[:, None]), 1)  # (hidden, 3C+1)
+        dx = cell_mlp(feats, w0, self.fc1.weight.flatten(1))  # (F, C), channel 0 zero
+        return cells.index_add(0, fired, dx).view(b, h, w, c)
 
     def forward(self, x: Tensor, steps: int, generator: torch.Generator | None = None,
                 checkpoint: bool = False) -> Tensor:
@@ -112,10 +133,13 @@ class NCALevel(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected a (B, {self.channels}, H, W) state, got {tuple(x.shape)}")
         use_ckpt = checkpoint and torch.is_grad_enabled()
+        state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): channels-last for the whole level
         for _ in range(steps):
-            mask = self.fire_mask(x, generator)  # drawn outside, so a recomputed step is identical
+            # The same random numbers as fire_mask(x); drawn outside the step, so a recomputed
+            # (checkpointed) step is identical.
+            fired = self.fire_mask(x, generator).reshape(-1).nonzero().squeeze(1)  # (F,)
             if use_ckpt:
-                x = torch.utils.checkpoint.checkpoint(self.step_sparse, x, mask, use_reentrant=False)
+                state = torch.utils.checkpoint.checkpoint(self.step_cells, state, fired, use_reentrant=False)
             else:
-                x = self.step_sparse(x, mask)
-        return x
+                state = self.step_cells(state, fired)
+        return state.permute(0, 3, 1, 2).contiguous()
