@@ -71,6 +71,7 @@ def test_unknown_keys_raise():
     (dict(channels=2.5), "channels must be a positive integer"),
     (dict(axis=3), "axis"),
     (dict(interpolation="nearest"), "interpolation"),
+    (dict(normalization="zscore"), "normalization"),
     (dict(betas=[0.9]), "betas"),
     (dict(label=0), "label"),
     (dict(lr_gamma=0.0), "lr_gamma"),

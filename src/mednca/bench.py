@@ -331,7 +331,7 @@ def _inputs(case: Case, data_dir: str | Path | None) -> tuple[Tensor, Tensor | N
         from .data.slices import image_slices
 
         volume, info = load_volume(data_dir)
-        images = image_slices(volume, c.axis, c.image_size, c.interpolation)
+        images = image_slices(volume, c.axis, c.image_size, c.interpolation, c.normalization)
         info["slices"] = images.shape[0]
         return images, None, volume, info
     g = torch.Generator().manual_seed(1234)

@@ -16,6 +16,7 @@ from typing import Any
 from .errors import ConfigError
 
 _INTERPOLATIONS = ("linear", "cubic")
+NORMALIZATIONS = ("minmax", "percentile")
 #: Values of ``MedNCAConfig.model``: Med-NCA or one of the UNet baselines (see mednca.baselines).
 MODEL_TYPES = ("mednca", "unet", "unet-small")
 
@@ -47,6 +48,10 @@ class MedNCAConfig:
         label: ``None`` merges all foreground labels (label > 0, as the paper); an int keeps
             only that label value as foreground.
         interpolation: In-plane image resize, ``"linear"`` or ``"cubic"`` (labels use nearest).
+        normalization: Per-slice intensity scaling to [0, 1]: ``"minmax"`` (the paper's code) or
+            ``"percentile"`` (minimum to the 99th percentile, brighter pixels clipped to 1; for
+            images where a few very bright pixels, e.g. urine in T2 MRI, squeeze the anatomy
+            into a small part of the range).
 
     Training:
         batch_size: Slices per batch.
@@ -81,6 +86,7 @@ class MedNCAConfig:
     channel: int = 0
     label: int | None = None
     interpolation: str = "cubic"
+    normalization: str = "minmax"
     # training
     batch_size: int = 32
     lr: float = 1.6e-3
@@ -125,6 +131,8 @@ class MedNCAConfig:
             raise ConfigError(f"label must be a positive label value or None, got {self.label}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.model not in MODEL_TYPES:
             raise ConfigError(f"model must be one of {MODEL_TYPES}, got {self.model!r}")
         if self.model != "mednca" and self.image_size < 16:

@@ -1,7 +1,7 @@
 """Edge export: a trained Med-NCA as one self-contained ONNX or TorchScript file.
 
-The exported graph maps (B, 1, H, W) float32 images, normalised as mednca does (per-slice min-max
-to [0, 1]), to (B, 1, H, W) logits. It runs both NCA levels with the dense reference step
+The exported graph maps (B, 1, H, W) float32 images, normalised as mednca does (per slice to
+[0, 1], the config's ``normalization``), to (B, 1, H, W) logits. It runs both NCA levels with the dense reference step
 (:meth:`NCALevel.step_dense`, the same math as the sparse path ``MedNCA.forward`` uses) and draws
 the fire masks inside the graph (``torch.rand_like``; ONNX ``RandomUniformLike``), so it stays
 stochastic like the real model. Batch, height and width are dynamic (H and W must be multiples
@@ -205,8 +205,9 @@ def _onnx_bytes(module: ExportModule, batch: int, batch_dynamic: bool, opset: in
     for key, value in _metadata(module.config, module.explicit_noise).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = ("Med-NCA segmentation: images (B, 1, H, W) float32, per-slice min-max "
-                        "normalised -> logits (B, 1, H, W); stochastic fire masks.")
+    proto.doc_string = (f"Med-NCA segmentation: images (B, 1, H, W) float32, per-slice "
+                        f"{module.config.normalization} normalised to [0, 1] -> logits (B, 1, H, W); "
+                        "stochastic fire masks.")
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 

@@ -86,7 +86,7 @@ def predict_slices(infer: Infer, volume: np.ndarray, config: MedNCAConfig,
     if volume.ndim != 3:
         raise DataError(f"expected a 3D volume, got shape {volume.shape}")
     cfg = config
-    slices = image_slices(volume, cfg.axis, cfg.image_size, cfg.interpolation)  # (N, 1, S, S)
+    slices = image_slices(volume, cfg.axis, cfg.image_size, cfg.interpolation, cfg.normalization)  # (N, 1, S, S)
     means, stds = [], []
     for s in range(0, slices.shape[0], batch_size):
         mean, std = infer(slices[s:s + batch_size])

@@ -420,7 +420,7 @@ def growth_gif(run: RunInfo, arrays: dict[str, np.ndarray], path: Path, seed: in
     plt = _plt()
     cfg = run.model.config
     k = best_slice(arrays["label"], cfg.axis, arrays["mask"])
-    img = image_slices(arrays["image"], cfg.axis, cfg.image_size, cfg.interpolation)[k:k + 1]  # (1, 1, S, S)
+    img = image_slices(arrays["image"], cfg.axis, cfg.image_size, cfg.interpolation, cfg.normalization)[k:k + 1]  # (1, 1, S, S)
     lab = label_slices(arrays["label"], cfg.axis, cfg.image_size)[k, 0].numpy()
     frames = nca_frames(run.model, img, torch.Generator().manual_seed(seed))
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))

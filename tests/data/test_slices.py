@@ -120,3 +120,25 @@ def test_load_slices_empty() -> None:
     config = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8)
     data = load_slices([], config)
     assert len(data) == 0 and data.images.shape == (0, 1, 16, 16) and data.case_ids == []
+
+
+def test_percentile_normalization_clips_bright_outliers():
+    images = torch.zeros(1, 1, 20, 20)
+    images[0, 0, :10] = 1.0  # anatomy: half of the 400 pixels
+    images[0, 0, 0, 0] = 100.0  # one very bright pixel (< 1 % of the slice)
+    minmax = normalize(images)
+    assert minmax.max() == 1 and minmax[0, 0, 1, 1] == pytest.approx(0.01)
+    pct = normalize(images, "percentile")
+    assert pct.min() == 0 and pct.max() == 1
+    assert pct[0, 0, 1, 1] == 1  # the anatomy now spans the range; the outlier is clipped
+    assert torch.equal(normalize(torch.full((2, 1, 4, 4), 3.0), "percentile"), torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="normalisation"):
+        normalize(images, "zscore")
+
+
+def test_image_slices_use_the_normalization():
+    vol = np.zeros((16, 16, 3), np.float32)
+    vol[:8] = 1.0
+    vol[0, 0, :] = 50.0
+    assert image_slices(vol, 2, 16, "linear", "percentile")[:, 0, 4, 4].min() == 1.0
+    assert image_slices(vol, 2, 16, "linear")[:, 0, 4, 4].max() < 0.1

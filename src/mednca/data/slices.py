@@ -17,24 +17,42 @@ from .volumes import binarize, read_case
 _MODES = {"linear": "bilinear", "cubic": "bicubic"}
 
 
-def normalize(images: Tensor) -> Tensor:
-    """Per-slice min-max normalisation of (N, 1, H, W) images to [0, 1] (as the paper's code).
+#: Upper percentile of ``normalize(..., "percentile")``.
+UPPER_PERCENTILE = 99.0
+
+
+def normalize(images: Tensor, method: str = "minmax") -> Tensor:
+    """Per-slice normalisation of (N, 1, H, W) images to [0, 1].
+
+    Args:
+        images: (N, 1, H, W) slices.
+        method: ``"minmax"``: minimum -> 0, maximum -> 1 (as the paper's code).
+            ``"percentile"``: minimum -> 0, the 99th percentile -> 1, brighter pixels clipped to 1.
 
     Constant slices become all zeros.
     """
     flat = images.flatten(1)
     lo = flat.min(1).values.view(-1, 1, 1, 1)
-    hi = flat.max(1).values.view(-1, 1, 1, 1)
+    if method == "minmax":
+        hi = flat.max(1).values.view(-1, 1, 1, 1)
+    elif method == "percentile":
+        hi = torch.quantile(flat, UPPER_PERCENTILE / 100, dim=1).view(-1, 1, 1, 1)
+        hi = torch.where(hi > lo, hi, flat.max(1).values.view(-1, 1, 1, 1))  # mostly-constant slices
+    else:
+        raise ValueError(f"unknown normalisation {method!r}; use 'minmax' or 'percentile'")
     span = hi - lo
-    return torch.where(span > 0, (images - lo) / span.clamp_min(1e-12), torch.zeros_like(images))
+    out = torch.where(span > 0, (images - lo) / span.clamp_min(1e-12), torch.zeros_like(images))
+    return out.clamp_(0.0, 1.0) if method == "percentile" else out
 
 
-def image_slices(volume: np.ndarray, axis: int, size: int, interpolation: str = "cubic") -> Tensor:
-    """(X, Y, Z) image -> (N, 1, size, size) float32 slices along ``axis``, resized, normalised."""
+def image_slices(volume: np.ndarray, axis: int, size: int, interpolation: str = "cubic",
+                 normalization: str = "minmax") -> Tensor:
+    """(X, Y, Z) image -> (N, 1, size, size) float32 slices along ``axis``, resized, normalised
+    (see :func:`normalize`)."""
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, axis, 0), dtype=np.float32))
     resized = F.interpolate(slices[:, None], size=(size, size), mode=_MODES[interpolation],
                             align_corners=False)
-    return normalize(resized)
+    return normalize(resized, normalization)
 
 
 def label_slices(mask: np.ndarray, axis: int, size: int) -> Tensor:
@@ -89,7 +107,8 @@ def load_slices(cases: Sequence[Case], config: MedNCAConfig,
     images, labels, index = [], [], []
     for i, case in enumerate(cases):
         image, label = read_case(case)
-        images.append(image_slices(image.data, config.axis, config.image_size, config.interpolation))
+        images.append(image_slices(image.data, config.axis, config.image_size, config.interpolation,
+                                   config.normalization))
         labels.append(label_slices(binarize(label.data, config.label), config.axis, config.image_size))
         index.append(torch.full((images[-1].shape[0],), i, dtype=torch.long))
         if progress:
