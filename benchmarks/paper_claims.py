@@ -76,16 +76,17 @@ def ensure_evaluated(run: Path, ensemble: int, log) -> dict:
     made with the same K is reused). Returns ``{"k1": results, "k": results or None}``.
     """
     current = run / "eval_test.json"
+    if current.exists():  # keep what is there before anything overwrites it
+        k_now = json.loads(current.read_text()).get("ensemble")
+        if k_now and not (run / f"eval_test_k{k_now}.json").exists():
+            shutil.copy(current, run / f"eval_test_k{k_now}.json")
     out: dict = {"k": None}
     for k in sorted({1, ensemble}):
         cached = run / f"eval_test_k{k}.json"
         if not cached.exists():
-            if current.exists() and json.loads(current.read_text()).get("ensemble") == k:
-                shutil.copy(current, cached)
-            else:
-                log(f"{run.name}: evaluating on the test split ({k} pass{'es' if k > 1 else ''}) ...")
-                evaluate_run(run, "test", ensemble=k, overwrite=True)
-                shutil.copy(current, cached)
+            log(f"{run.name}: evaluating on the test split ({k} pass{'es' if k > 1 else ''}) ...")
+            evaluate_run(run, "test", ensemble=k, overwrite=True)
+            shutil.copy(current, cached)
         out["k1" if k == 1 else "k"] = json.loads(cached.read_text())
     return out
 
