@@ -151,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="hippocampus")
     parser.add_argument("--minutes", type=float, default=30, help="training wall time per model (default 30)")
+    parser.add_argument("--budget", action="append", default=[], metavar="MODEL=MINUTES",
+                        help="a different training time for one model (repeatable); the summary says so")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--ensemble", type=int, default=5, help="Med-NCA test passes for Dice/quality (default 5)")
@@ -178,7 +180,13 @@ def main() -> None:
 
     overrides = dict(parse_override(s) for s in args.set)
     data, split = args.data or TASKS[args.task][0], args.split_file or TASKS[args.task][1]
-    runs = [ensure_trained(args.out, args.task, m, args.seed, args.minutes, overrides, data, split, log)
+    budgets = {m: args.minutes for m in args.models}
+    for item in args.budget:
+        model, _, minutes = item.partition("=")
+        if model not in budgets or not minutes:
+            parser.error(f"--budget wants MODEL=MINUTES with MODEL one of {', '.join(args.models)}, got {item!r}")
+        budgets[model] = float(minutes)
+    runs = [ensure_trained(args.out, args.task, m, args.seed, budgets[m], overrides, data, split, log)
             for m in args.models]
     evals = {m: ensure_evaluated(r, args.ensemble if m == "mednca" else 1, log) for m, r in zip(args.models, runs)}
 
@@ -209,7 +217,10 @@ def main() -> None:
     # -- summary ----------------------------------------------------------------------------------
     by_model = dict(zip(args.models, rows))
     unet_params = by_model["unet"]["parameters"] if "unet" in by_model else None
-    md = [f"### {args.task}: Med-NCA vs UNet, {args.minutes:g} min of training each (seed {args.seed})", "",
+    same = len(set(budgets.values())) == 1
+    title = (f"{args.minutes:g} min of training each" if same else
+             "training minutes " + ", ".join(f"{m} {b:g}" for m, b in budgets.items()))
+    md = [f"### {args.task}: Med-NCA vs UNet, {title} (seed {args.seed})", "",
           f"Command: `python benchmarks/paper_claims.py {' '.join(sys.argv[1:])}`; "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores. Test split: "
           f"{evals[args.models[0]]['k1']['summary']['dice']['n']} cases.", "",
@@ -224,7 +235,7 @@ def main() -> None:
         md.append(f"| {m} | {r['parameters']:,} | {ratio} | {k1['dice']['mean']:.3f} ± {k1['dice']['std']:.3f} | "
                   f"{fmt(k1['hd95_mm']['mean'], '.2f')} | {kdice} | "
                   f"{r['checkpoint_bytes'] / 1e6:.2f} MB | {fmt(r['ms_per_volume'], '.0f')} | {fmt(r.get('rss_peak_mb'), '.0f')} |")
-    result = {"task": args.task, "minutes": args.minutes, "seed": args.seed,
+    result = {"task": args.task, "minutes": budgets, "seed": args.seed,
               "models": {m: {"run": str(run_dir(args.out, args.task, m, args.seed)),
                              "parameters": by_model[m]["parameters"],
                              "dice_1pass": evals[m]["k1"]["summary"]["dice"],
