@@ -149,7 +149,8 @@ def replace_section(path: Path, task: str, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), default="hippocampus")
+    parser.add_argument("--task", choices=sorted(TASKS), default="hippocampus",
+                        help="shared task, and the preset of the Med-NCA run (default hippocampus)")
     parser.add_argument("--minutes", type=float, default=30, help="training wall time per model (default 30)")
     parser.add_argument("--budget", action="append", default=[], metavar="MODEL=MINUTES",
                         help="a different training time for one model (repeatable); the summary says so")
