@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--robust-ensemble", type=int, default=2, help="passes per robustness prediction (default 2)")
     parser.add_argument("--severities", type=int, default=3)
     parser.add_argument("--perturbation", action="append", help="only these perturbations (repeatable)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of compare (default 5)")
     parser.add_argument("--skip-robustness", action="store_true")
     parser.add_argument("--redo", action="store_true", help="recompute compare/robustness/report outputs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -196,7 +197,7 @@ def main() -> None:
     compare_md = claims / "compare.md"
     if args.redo or not compare_md.exists():
         log("comparing (fresh process per run) ...")
-        rows = compare_runs(runs, repeats=5, log=log)
+        rows = compare_runs(runs, repeats=args.repeats, log=log)
         write_comparison(rows, compare_md, overwrite=True)
     rows = json.loads(compare_md.with_suffix(".json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
