@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--perturbation", action="append", help="only these perturbations (repeatable)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of compare (default 5)")
     parser.add_argument("--skip-robustness", action="store_true")
+    parser.add_argument("--skip-report", action="store_true",
+                        help="no `mednca report` (its example figures predict 4 passes per case: slow at 256²)")
     parser.add_argument("--redo", action="store_true", help="recompute compare/robustness/report outputs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every model (e.g. for a quick dry run)")
@@ -212,9 +214,10 @@ def main() -> None:
 
     for m, r in zip(args.models, runs):  # the report's quality section needs the K-pass results
         use_eval(r, args.ensemble if m == "mednca" else 1)
-    log("report ...")
-    make_report(runs, claims / "report", compare=compare_md.with_suffix(".json"),
-                robustness=[robust_dir] if robust else None, seed=args.seed, overwrite=True, log=log)
+    if not args.skip_report:
+        log("report ...")
+        make_report(runs, claims / "report", compare=compare_md.with_suffix(".json"),
+                    robustness=[robust_dir] if robust else None, seed=args.seed, overwrite=True, log=log)
 
     # -- summary ----------------------------------------------------------------------------------
     by_model = dict(zip(args.models, rows))
@@ -271,7 +274,8 @@ def main() -> None:
         md += ["", f"![robustness](figures/{fig.name})"]
     report = claims / "report" / "README.md"
     shown = report.relative_to(HERE.parent) if report.is_relative_to(HERE.parent) else report
-    md += ["", f"Full report: `{shown}` (not in git)."]
+    if not args.skip_report:
+        md += ["", f"Full report: `{shown}` (not in git)."]
     text = "\n".join(md) + "\n"
     (claims / "summary.md").write_text(text)
     (claims / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
