@@ -56,11 +56,17 @@ class NCALevel(nn.Module):
 
     def perceive(self, x: Tensor) -> Tensor:
         """(B, C, H, W) state -> (B, 3C, H, W): the cell itself and its two learned 3x3 views."""
+        return torch.cat((x, self.views(x)), 1)
+
+    def views(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) state -> (B, 2C, H, W): the two learned 3x3 views, reflect padding.
+
+        Both perception convs run as one conv with stacked filters (same math, one pass); a
+        channels-last input gives a channels-last output."""
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        # Both perception convs as one conv with stacked filters (same math, one pass).
         weight = torch.cat((self.p0.weight, self.p1.weight), 0)  # (2C, C, 3, 3)
         bias = torch.cat((self.p0.bias, self.p1.bias), 0)  # (2C,)
-        return torch.cat((x, F.conv2d(padded, weight, bias)), 1)
+        return F.conv2d(padded, weight, bias)
 
     def update(self, x: Tensor) -> Tensor:
         """(B, C, H, W) state -> (B, C, H, W) proposed residual update of every cell."""
@@ -71,6 +77,11 @@ class NCALevel(nn.Module):
         b, _, h, w = x.shape
         noise = torch.rand((b, 1, h, w), generator=generator, device=x.device, dtype=x.dtype)
         return (noise < self.fire_rate).to(x.dtype)
+
+    @staticmethod
+    def fired(mask: Tensor) -> Tensor:
+        """(B, 1, H, W) fire mask -> (F,) indices of its firing cells in the flattened (B, H, W) grid."""
+        return mask.reshape(-1).nonzero().squeeze(1)
 
     def step(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One stochastic step; channel 0 (the image) is kept as it was."""
@@ -89,14 +100,13 @@ class NCALevel(nn.Module):
             mask: (B, 1, H, W) fire mask from :meth:`fire_mask`.
         """
         state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
-        out = self.step_cells(state, mask.reshape(-1).nonzero().squeeze(1))
+        out = self.step_cells(state, self.fired(mask))
         return out.permute(0, 3, 1, 2).contiguous()
 
     def step_cells(self, state: Tensor, fired: Tensor) -> Tensor:
         """One step on a channels-last state, updating only the cells listed in ``fired``.
 
-        The two perception convs run as one conv on the channels-last state (no layout copies);
-        the perception vectors of the firing cells are gathered, with a ones column that carries
+        The perception convs (:meth:`views`) run on the channels-last state; the perception vectors of the firing cells are gathered, with a ones column that carries
         the first layer's bias, into the fused, chunked, memory-lean per-cell network
         (:func:`~mednca.cellmlp.cell_mlp`) and the updates are scattered back: about half the
         network's work at fire rate 0.5. Same math as :meth:`step_dense`; differentiable.
@@ -109,11 +119,8 @@ class NCALevel(nn.Module):
             (B, H, W, C) new state; channel 0 unchanged.
         """
         b, h, w, c = state.shape
-        view = state.permute(0, 3, 1, 2)  # (B, C, H, W) view, channels-last in memory
-        padded = F.pad(view, (1, 1, 1, 1), mode="reflect")
-        weight = torch.cat((self.p0.weight, self.p1.weight), 0)  # (2C, C, 3, 3): both convs in one
-        bias = torch.cat((self.p0.bias, self.p1.bias), 0)  # (2C,)
-        seen = F.conv2d(padded, weight, bias).permute(0, 2, 3, 1).reshape(-1, 2 * c)  # (BHW, 2C)
+        # views of the state as (B, C, H, W), channels-last in memory: no layout copies
+        seen = self.views(state.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(-1, 2 * c)  # (BHW, 2C)
         cells = state.reshape(-1, c)  # (BHW, C)
         ones = state.new_ones((fired.shape[0], 1))
         feats = torch.cat((cells.index_select(0, fired), seen.index_select(0, fired), ones), 1)  # (F, 3C+1)
@@ -137,7 +144,7 @@ class NCALevel(nn.Module):
         for _ in range(steps):
             # The same random numbers as fire_mask(x); drawn outside the step, so a recomputed
             # (checkpointed) step is identical.
-            fired = self.fire_mask(x, generator).reshape(-1).nonzero().squeeze(1)  # (F,)
+            fired = self.fired(self.fire_mask(x, generator))
             if use_ckpt:
                 state = torch.utils.checkpoint.checkpoint(self.step_cells, state, fired, use_reentrant=False)
             else:

@@ -33,12 +33,11 @@ def normalize(images: Tensor, method: str = "minmax") -> Tensor:
     """
     flat = images.flatten(1)
     lo = flat.min(1).values.view(-1, 1, 1, 1)
-    if method == "minmax":
-        hi = flat.max(1).values.view(-1, 1, 1, 1)
-    elif method == "percentile":
-        hi = torch.quantile(flat, UPPER_PERCENTILE / 100, dim=1).view(-1, 1, 1, 1)
-        hi = torch.where(hi > lo, hi, flat.max(1).values.view(-1, 1, 1, 1))  # mostly-constant slices
-    else:
+    hi = flat.max(1).values.view(-1, 1, 1, 1)
+    if method == "percentile":
+        upper = torch.quantile(flat, UPPER_PERCENTILE / 100, dim=1).view(-1, 1, 1, 1)
+        hi = torch.where(upper > lo, upper, hi)  # mostly-constant slices keep their maximum
+    elif method != "minmax":
         raise ValueError(f"unknown normalisation {method!r}; use 'minmax' or 'percentile'")
     span = hi - lo
     out = torch.where(span > 0, (images - lo) / span.clamp_min(1e-12), torch.zeros_like(images))
