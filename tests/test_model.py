@@ -75,6 +75,18 @@ def test_training_patch_is_the_same_window_in_image_label_and_state(tiny_config)
     assert torch.equal(state_p[:, :1], MedNCA.crop(images, origins, p))
 
 
+def test_patch_state_is_the_window_of_the_global_state(tiny_config):
+    model = _randomise(MedNCA(tiny_config))
+    images = _images(5, 16)
+    origins = torch.tensor([[0, 0], [8, 8], [3, 5], [7, 1], [2, 8]])
+    full = MedNCA.crop(model.global_state(images, _gen(6)), origins, tiny_config.patch_size)
+    with torch.no_grad():
+        small = model.level1_state(images, _gen(6))
+    direct = model.patch_state(small, images, origins)
+    assert direct.shape == full.shape
+    assert torch.equal(direct, full.detach())
+
+
 def test_patch_origins_uniform_cover_the_image(tiny_config):
     model = MedNCA(tiny_config)
     labels = torch.zeros((200, 1, 16, 16))

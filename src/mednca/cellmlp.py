@@ -1,12 +1,15 @@
-"""The per-cell update network as one fused, memory-lean autograd function.
+"""The update of the firing cells as one fused autograd function.
 
-``relu(feats @ w0.T) @ w1.T`` for F cells, computed in cache-sized chunks. The first layer's
-bias rides in the matrix product: the caller appends a column of ones to ``feats`` and the bias
-as the last column of ``w0`` (a broadcast bias add would cost one more pass over the hidden
-activations). The hidden
-activations (F x hidden, the largest tensor of an NCA step) are not stored for backward: they are
-recomputed chunk by chunk, which costs one extra small matrix product and saves most of the
-training memory of a step. Output channel 0 is always zero (the image channel is never updated).
+For the F firing cells of a step, :func:`fired_update` gathers each cell's perception vector
+(its state and its two learned views, plus a ones column that carries the first layer's bias),
+runs the per-cell network ``relu(feats @ w0.T) @ w1.T`` in cache-sized chunks and adds the
+result to those cells. Its backward is written by hand, so a step costs one gather and one
+scatter each way, with no autograd bookkeeping per gather or concatenation, and only the
+firing cells' rows of the views' gradient are written (the rest are zero).
+
+The hidden activations (F x hidden, the largest tensor of a step) are kept for backward when
+``keep_hidden`` is set (faster), otherwise recomputed chunk by chunk (one more small matrix
+product, far less memory). Output channel 0 is never updated (it holds the image).
 """
 
 from __future__ import annotations
@@ -17,46 +20,76 @@ from torch import Tensor
 CHUNK = 4096  # cells per matrix product: keeps a chunk's hidden activations in cache
 
 
-class _CellMLP(torch.autograd.Function):
+def _mlp_forward(feats: Tensor, w0: Tensor, w1: Tensor, hidden: Tensor | None) -> Tensor:
+    """(F, K) -> (F, C) with channel 0 zero; writes relu(feats @ w0.T) into ``hidden`` if given."""
+    out = feats.new_empty((feats.shape[0], w1.shape[0]))
+    w0t, w1t = w0.t(), w1.t()
+    for s in range(0, feats.shape[0], CHUNK):
+        if hidden is None:
+            h = torch.mm(feats[s:s + CHUNK], w0t).relu_()
+        else:
+            h = torch.mm(feats[s:s + CHUNK], w0t, out=hidden[s:s + CHUNK]).relu_()
+        torch.mm(h, w1t, out=out[s:s + CHUNK])
+    out[:, 0] = 0
+    return out
+
+
+class _FiredUpdate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feats: Tensor, w0: Tensor, w1: Tensor) -> Tensor:
-        # feats (F, K), w0 (hidden, K), w1 (C, hidden) -> (F, C)
-        out = feats.new_empty((feats.shape[0], w1.shape[0]))
-        w0t, w1t = w0.t(), w1.t()
-        for s in range(0, feats.shape[0], CHUNK):
-            hidden = torch.mm(feats[s:s + CHUNK], w0t).relu_()
-            torch.mm(hidden, w1t, out=out[s:s + CHUNK])
-        out[:, 0] = 0
-        ctx.save_for_backward(feats, w0, w1)
-        return out
+    def forward(ctx, cells: Tensor, seen: Tensor, fired: Tensor, w0: Tensor, w1: Tensor,
+                keep_hidden: bool) -> Tensor:
+        # cells (N, C), seen (N, 2C), fired (F,), w0 (hidden, 3C+1), w1 (C, hidden) -> (N, C)
+        ones = cells.new_ones((fired.shape[0], 1))
+        feats = torch.cat((cells.index_select(0, fired), seen.index_select(0, fired), ones), 1)  # (F, 3C+1)
+        hidden = feats.new_empty((feats.shape[0], w0.shape[0])) if keep_hidden else None
+        dx = _mlp_forward(feats, w0, w1, hidden)  # (F, C)
+        ctx.save_for_backward(feats, w0, w1, fired, hidden)
+        ctx.seen_shape = seen.shape
+        # fired indices are distinct: writing (gathered state + update) back beats an index_add
+        return cells.index_copy(0, fired, dx.add_(feats[:, :cells.shape[1]]))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        feats, w0, w1 = ctx.saved_tensors
+        feats, w0, w1, fired, hidden = ctx.saved_tensors
+        c = w1.shape[0]
         w1 = w1.clone()
         w1[0] = 0  # output channel 0 is forced to zero: no gradient flows through it
-        g_feats = torch.empty_like(feats) if ctx.needs_input_grad[0] else None
+        go_all = grad_out.index_select(0, fired)  # (F, C)
+        g_feats = torch.empty_like(feats)
         g_w0, g_w1 = torch.zeros_like(w0), torch.zeros_like(w1)
         w0t = w0.t()
         for s in range(0, feats.shape[0], CHUNK):
-            f, go = feats[s:s + CHUNK], grad_out[s:s + CHUNK]
-            hidden = torch.mm(f, w0t).relu_()  # recomputed (chunk, hidden)
-            g_w1.addmm_(go.t(), hidden)
+            f, go = feats[s:s + CHUNK], go_all[s:s + CHUNK]
+            h = torch.mm(f, w0t).relu_() if hidden is None else hidden[s:s + CHUNK]  # (chunk, hidden)
+            g_w1.addmm_(go.t(), h)
             # relu's gradient in one fused op (a float*bool multiply would first copy the mask to float)
-            g_hidden = torch.ops.aten.threshold_backward(go @ w1, hidden, 0)  # (chunk, hidden)
+            g_hidden = torch.ops.aten.threshold_backward(go @ w1, h, 0)  # (chunk, hidden)
             g_w0.addmm_(g_hidden.t(), f)
-            if g_feats is not None:
-                torch.mm(g_hidden, w0, out=g_feats[s:s + CHUNK])
+            torch.mm(g_hidden, w0, out=g_feats[s:s + CHUNK])
         g_w1[0] = 0
-        return g_feats, g_w0, g_w1
+        g_cells = None
+        if ctx.needs_input_grad[0]:  # the identity path plus the update's path, at the fired rows
+            g_cells = grad_out.index_copy(0, fired, g_feats[:, :c].add_(go_all))
+        g_seen = None
+        if ctx.needs_input_grad[1]:
+            g_seen = grad_out.new_zeros(ctx.seen_shape).index_copy_(0, fired, g_feats[:, c:3 * c])
+        return g_cells, g_seen, None, g_w0, g_w1, None
 
 
-def cell_mlp(feats: Tensor, w0: Tensor, w1: Tensor) -> Tensor:
-    """(F, K) per-cell inputs -> (F, C) updates, channel 0 zero.
+def fired_update(cells: Tensor, seen: Tensor, fired: Tensor, w0: Tensor, w1: Tensor,
+                 keep_hidden: bool = True) -> Tensor:
+    """The cells after one step's update of the firing ones; differentiable.
 
     Args:
-        feats: (F, K) inputs of F cells (perception vectors, with a ones column for the bias).
-        w0: (hidden, K) first-layer weights (bias as the column that meets the ones).
+        cells: (N, C) cell states (N = all cells of the batch, channels-last).
+        seen: (N, 2C) the two learned 3x3 views of every cell.
+        fired: (F,) distinct indices into N of the cells that fire.
+        w0: (hidden, 3C + 1) first-layer weights; the last column is the bias.
         w1: (C, hidden) second-layer weights (no bias).
+        keep_hidden: Keep the (F, hidden) activations for backward instead of recomputing them.
+
+    Returns:
+        (N, C): ``cells`` with ``relu([cells, seen, 1] @ w0.T) @ w1.T`` added at the ``fired`` rows,
+        channel 0 unchanged.
     """
-    return _CellMLP.apply(feats, w0, w1)
+    return _FiredUpdate.apply(cells, seen, fired, w0, w1, keep_hidden)

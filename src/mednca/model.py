@@ -42,17 +42,44 @@ class MedNCA(Checkpointable, nn.Module):
         hidden = images.new_zeros((b, self.config.channels - 1, h, w))
         return torch.cat((images, hidden), 1)
 
+    def level1_state(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B, 1, H, W) images -> (B, C, H/s, W/s) level-1 state, run on the down-scaled images."""
+        small = F.avg_pool2d(images, self.config.scale)  # (B, 1, H/s, W/s)
+        return self.level1(self.seed(small), self.config.steps, generator, self.config.grad_checkpoint)
+
     def global_state(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Level 1 on the down-scaled images, handed to full resolution.
 
         Returns:
             (B, C, H, W) state: level-1 state up-scaled (nearest), channel 0 = full-res image.
         """
-        s = self.config.scale
-        small = F.avg_pool2d(images, s)  # (B, 1, H/s, W/s)
-        state = self.level1(self.seed(small), self.config.steps, generator, self.config.grad_checkpoint)
-        state = F.interpolate(state, scale_factor=s, mode="nearest")  # (B, C, H, W)
+        state = self.level1_state(images, generator)
+        state = F.interpolate(state, scale_factor=self.config.scale, mode="nearest")  # (B, C, H, W)
         return torch.cat((images, state[:, 1:]), 1)
+
+    def patch_state(self, small: Tensor, images: Tensor, origins: Tensor) -> Tensor:
+        """The window of :meth:`global_state` at ``origins``, read straight from the level-1 state.
+
+        Same values as ``crop(global_state(images), origins, P)`` without building the
+        full-resolution state (whose backward would fill a full-size gradient per sample).
+
+        Args:
+            small: (B, C, H/s, W/s) level-1 state from :meth:`level1_state`.
+            images: (B, 1, H, W) full-resolution images.
+            origins: (B, 2) top-left (row, col) of each sample's patch.
+
+        Returns:
+            (B, C, P, P) patch state, channels-last in memory; channel 0 = the image's patch.
+        """
+        s, p = self.config.scale, self.config.patch_size
+        offsets = torch.arange(p, device=origins.device)
+        rows = origins[:, :1] + offsets  # (B, P) full-res rows of each patch
+        cols = origins[:, 1:] + offsets  # (B, P)
+        batch = torch.arange(len(origins), device=origins.device)[:, None, None]
+        r, c = rows[:, :, None], cols[:, None, :]
+        hidden = small.permute(0, 2, 3, 1)[batch, r // s, c // s, 1:]  # (B, P, P, C-1): nearest up-scaling
+        image = images[batch, 0, r, c]  # (B, P, P)
+        return torch.cat((image[..., None], hidden), 3).permute(0, 3, 1, 2)
 
     def patch_origins(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 1, H, W) labels -> (B, 2) top-left (row, col) of one training patch per sample.
@@ -108,14 +135,15 @@ class MedNCA(Checkpointable, nn.Module):
             ``(logits_p, labels_p)`` of (B, 1, P, P) patch logits and the same patch of labels.
         """
         self._check(images)
-        state = self.global_state(images, generator)  # (B, C, H, W)
         if labels is None:
+            state = self.global_state(images, generator)  # (B, C, H, W)
             return self.level2(state, self.config.steps, generator)[:, 1:2]
         if labels.shape != images.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must match images {tuple(images.shape)}")
         p = self.config.patch_size
+        small = self.level1_state(images, generator)  # (B, C, H/s, W/s)
         origins = self.patch_origins(labels, generator)
-        state_p = self.crop(state, origins, p)  # (B, C, P, P)
+        state_p = self.patch_state(small, images, origins)  # (B, C, P, P)
         labels_p = self.crop(labels, origins, p)  # (B, 1, P, P)
         logits_p = self.level2(state_p, self.config.steps, generator, self.config.grad_checkpoint)[:, 1:2]
         return logits_p, labels_p

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .cellmlp import cell_mlp
+from .cellmlp import fired_update
 
 
 class NCALevel(nn.Module):
@@ -58,15 +58,27 @@ class NCALevel(nn.Module):
         """(B, C, H, W) state -> (B, 3C, H, W): the cell itself and its two learned 3x3 views."""
         return torch.cat((x, self.views(x)), 1)
 
-    def views(self, x: Tensor) -> Tensor:
+    def packed_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The weights as one step uses them, packed once per run of the level (not per step).
+
+        Returns:
+            ``(wv, bv, w0, w1)``: both perception filters stacked (2C, C, 3, 3) and their biases
+            (2C,); the first layer with its bias as the last column (hidden, 3C + 1); the second
+            layer (C, hidden).
+        """
+        wv = torch.cat((self.p0.weight, self.p1.weight), 0)
+        bv = torch.cat((self.p0.bias, self.p1.bias), 0)
+        w0 = torch.cat((self.fc0.weight.flatten(1), self.fc0.bias[:, None]), 1)
+        return wv, bv, w0, self.fc1.weight.flatten(1)
+
+    def views(self, x: Tensor, weights: tuple[Tensor, ...] | None = None) -> Tensor:
         """(B, C, H, W) state -> (B, 2C, H, W): the two learned 3x3 views, reflect padding.
 
         Both perception convs run as one conv with stacked filters (same math, one pass); a
-        channels-last input gives a channels-last output."""
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        weight = torch.cat((self.p0.weight, self.p1.weight), 0)  # (2C, C, 3, 3)
-        bias = torch.cat((self.p0.bias, self.p1.bias), 0)  # (2C,)
-        return F.conv2d(padded, weight, bias)
+        channels-last input gives a channels-last output. ``weights`` are
+        :meth:`packed_weights` (packed here if not given)."""
+        wv, bv = (weights or self.packed_weights())[:2]
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), wv, bv)
 
     def update(self, x: Tensor) -> Tensor:
         """(B, C, H, W) state -> (B, C, H, W) proposed residual update of every cell."""
@@ -103,30 +115,31 @@ class NCALevel(nn.Module):
         out = self.step_cells(state, self.fired(mask))
         return out.permute(0, 3, 1, 2).contiguous()
 
-    def step_cells(self, state: Tensor, fired: Tensor) -> Tensor:
+    def step_cells(self, state: Tensor, fired: Tensor, weights: tuple[Tensor, ...] | None = None,
+                   keep_hidden: bool = True) -> Tensor:
         """One step on a channels-last state, updating only the cells listed in ``fired``.
 
-        The perception convs (:meth:`views`) run on the channels-last state; the perception vectors of the firing cells are gathered, with a ones column that carries
-        the first layer's bias, into the fused, chunked, memory-lean per-cell network
-        (:func:`~mednca.cellmlp.cell_mlp`) and the updates are scattered back: about half the
-        network's work at fire rate 0.5. Same math as :meth:`step_dense`; differentiable.
+        The perception convs (:meth:`views`) run on the channels-last state; the firing cells'
+        perception vectors go through the fused per-cell network
+        (:func:`~mednca.cellmlp.fired_update`), about half the network's work at fire rate 0.5.
+        Same math as :meth:`step_dense`; differentiable.
 
         Args:
             state: (B, H, W, C) contiguous state.
             fired: (F,) indices of the firing cells in the flattened (B, H, W) grid.
+            weights: :meth:`packed_weights` (packed here if not given).
+            keep_hidden: Keep the per-cell network's hidden activations for backward (faster)
+                instead of recomputing them (leaner).
 
         Returns:
             (B, H, W, C) new state; channel 0 unchanged.
         """
         b, h, w, c = state.shape
+        weights = weights or self.packed_weights()
         # views of the state as (B, C, H, W), channels-last in memory: no layout copies
-        seen = self.views(state.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(-1, 2 * c)  # (BHW, 2C)
-        cells = state.reshape(-1, c)  # (BHW, C)
-        ones = state.new_ones((fired.shape[0], 1))
-        feats = torch.cat((cells.index_select(0, fired), seen.index_select(0, fired), ones), 1)  # (F, 3C+1)
-        w0 = torch.cat((self.fc0.weight.flatten(1), self.fc0.bias[:, None]), 1)  # (hidden, 3C+1)
-        dx = cell_mlp(feats, w0, self.fc1.weight.flatten(1))  # (F, C), channel 0 zero
-        return cells.index_add(0, fired, dx).view(b, h, w, c)
+        seen = self.views(state.permute(0, 3, 1, 2), weights).permute(0, 2, 3, 1).reshape(-1, 2 * c)  # (BHW, 2C)
+        out = fired_update(state.reshape(-1, c), seen, fired, weights[2], weights[3], keep_hidden)
+        return out.view(b, h, w, c)
 
     def forward(self, x: Tensor, steps: int, generator: torch.Generator | None = None,
                 checkpoint: bool = False) -> Tensor:
@@ -141,12 +154,14 @@ class NCALevel(nn.Module):
             raise ValueError(f"expected a (B, {self.channels}, H, W) state, got {tuple(x.shape)}")
         use_ckpt = checkpoint and torch.is_grad_enabled()
         state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): channels-last for the whole level
+        weights = self.packed_weights()
         for _ in range(steps):
             # The same random numbers as fire_mask(x); drawn outside the step, so a recomputed
             # (checkpointed) step is identical.
             fired = self.fired(self.fire_mask(x, generator))
             if use_ckpt:
-                state = torch.utils.checkpoint.checkpoint(self.step_cells, state, fired, use_reentrant=False)
+                state = torch.utils.checkpoint.checkpoint(self.step_cells, state, fired, weights,
+                                                          use_reentrant=False)
             else:
-                state = self.step_cells(state, fired)
+                state = self.step_cells(state, fired, weights)
         return state.permute(0, 3, 1, 2).contiguous()
