@@ -15,6 +15,10 @@ from torch import Tensor, nn
 
 from .cellmlp import fired_update
 
+#: Steps per gradient-checkpointing segment: the state is kept every this many steps, and the
+#: steps in between are recomputed in backward (with their intermediates, ~5 states per step).
+CHECKPOINT_SEGMENT = 4
+
 
 class NCALevel(nn.Module):
     """A BackboneNCA level (Kalkhof et al. 2023).
@@ -141,27 +145,35 @@ class NCALevel(nn.Module):
         out = fired_update(state.reshape(-1, c), seen, fired, weights[2], weights[3], keep_hidden)
         return out.view(b, h, w, c)
 
+    def run_cells(self, state: Tensor, fired: list[Tensor], weights: tuple[Tensor, ...]) -> Tensor:
+        """``len(fired)`` steps of :meth:`step_cells` on a (B, H, W, C) state, one index list per step."""
+        for f in fired:
+            state = self.step_cells(state, f, weights)
+        return state
+
     def forward(self, x: Tensor, steps: int, generator: torch.Generator | None = None,
                 checkpoint: bool = False) -> Tensor:
         """Run ``steps`` steps on a (B, C, H, W) state (H, W >= 2) and return the new state.
 
         Args:
-            checkpoint: In training, keep only each step's input state for backward and recompute
-                the step then (gradient checkpointing): memory ~ steps x state instead of
-                steps x all intermediates, for about a third more compute.
+            checkpoint: In training, keep only the state at every ``CHECKPOINT_SEGMENT``-th step
+                for backward and recompute the steps in between then (gradient checkpointing):
+                memory ~ (steps / segment + segment x ~5) states instead of ~5 states per step,
+                for about a third more compute.
         """
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected a (B, {self.channels}, H, W) state, got {tuple(x.shape)}")
         use_ckpt = checkpoint and torch.is_grad_enabled()
         state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): channels-last for the whole level
         weights = self.packed_weights()
-        for _ in range(steps):
-            # The same random numbers as fire_mask(x); drawn outside the step, so a recomputed
-            # (checkpointed) step is identical.
-            fired = self.fired(self.fire_mask(x, generator))
+        segment = CHECKPOINT_SEGMENT if use_ckpt else steps
+        for start in range(0, steps, max(segment, 1)):
+            # The same random numbers as fire_mask(x) per step; drawn before the steps run, so a
+            # recomputed (checkpointed) segment is identical.
+            fired = [self.fired(self.fire_mask(x, generator)) for _ in range(min(segment, steps - start))]
             if use_ckpt:
-                state = torch.utils.checkpoint.checkpoint(self.step_cells, state, fired, weights,
+                state = torch.utils.checkpoint.checkpoint(self.run_cells, state, fired, weights,
                                                           use_reentrant=False)
             else:
-                state = self.step_cells(state, fired, weights)
+                state = self.run_cells(state, fired, weights)
         return state.permute(0, 3, 1, 2).contiguous()
