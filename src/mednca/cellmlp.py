@@ -9,7 +9,8 @@ firing cells' rows of the views' gradient are written (the rest are zero).
 
 The hidden activations (F x hidden, the largest tensor of a step) are kept for backward when
 ``keep_hidden`` is set (faster), otherwise recomputed chunk by chunk (one more small matrix
-product, far less memory). Output channel 0 is never updated (it holds the image).
+product, far less memory). The caller passes ``w1`` with row 0 zero: channel 0 holds the image
+and is never updated.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ CHUNK = 4096  # cells per matrix product: keeps a chunk's hidden activations in 
 
 
 def _mlp_forward(feats: Tensor, w0: Tensor, w1: Tensor, hidden: Tensor | None) -> Tensor:
-    """(F, K) -> (F, C) with channel 0 zero; writes relu(feats @ w0.T) into ``hidden`` if given."""
+    """(F, K) -> (F, C); writes relu(feats @ w0.T) into ``hidden`` if given."""
     out = feats.new_empty((feats.shape[0], w1.shape[0]))
     w0t, w1t = w0.t(), w1.t()
     for s in range(0, feats.shape[0], CHUNK):
@@ -30,7 +31,6 @@ def _mlp_forward(feats: Tensor, w0: Tensor, w1: Tensor, hidden: Tensor | None) -
         else:
             h = torch.mm(feats[s:s + CHUNK], w0t, out=hidden[s:s + CHUNK]).relu_()
         torch.mm(h, w1t, out=out[s:s + CHUNK])
-    out[:, 0] = 0
     return out
 
 
@@ -52,8 +52,6 @@ class _FiredUpdate(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         feats, w0, w1, fired, hidden = ctx.saved_tensors
         c = w1.shape[0]
-        w1 = w1.clone()
-        w1[0] = 0  # output channel 0 is forced to zero: no gradient flows through it
         go_all = grad_out.index_select(0, fired)  # (F, C)
         g_feats = torch.empty_like(feats)
         g_w0, g_w1 = torch.zeros_like(w0), torch.zeros_like(w1)
@@ -66,7 +64,6 @@ class _FiredUpdate(torch.autograd.Function):
             g_hidden = torch.ops.aten.threshold_backward(go @ w1, h, 0)  # (chunk, hidden)
             g_w0.addmm_(g_hidden.t(), f)
             torch.mm(g_hidden, w0, out=g_feats[s:s + CHUNK])
-        g_w1[0] = 0
         g_cells = None
         if ctx.needs_input_grad[0]:  # the identity path plus the update's path, at the fired rows
             g_cells = grad_out.index_copy(0, fired, g_feats[:, :c].add_(go_all))
@@ -85,7 +82,7 @@ def fired_update(cells: Tensor, seen: Tensor, fired: Tensor, w0: Tensor, w1: Ten
         seen: (N, 2C) the two learned 3x3 views of every cell.
         fired: (F,) distinct indices into N of the cells that fire.
         w0: (hidden, 3C + 1) first-layer weights; the last column is the bias.
-        w1: (C, hidden) second-layer weights (no bias).
+        w1: (C, hidden) second-layer weights (no bias), row 0 zero (the image channel).
         keep_hidden: Keep the (F, hidden) activations for backward instead of recomputing them.
 
     Returns:

@@ -73,7 +73,9 @@ class NCALevel(nn.Module):
         wv = torch.cat((self.p0.weight, self.p1.weight), 0)
         bv = torch.cat((self.p0.bias, self.p1.bias), 0)
         w0 = torch.cat((self.fc0.weight.flatten(1), self.fc0.bias[:, None]), 1)
-        return wv, bv, w0, self.fc1.weight.flatten(1)
+        w1 = self.fc1.weight.flatten(1)
+        w1 = torch.cat((w1.new_zeros((1, w1.shape[1])), w1[1:]), 0)  # row 0 zero: the image is never updated
+        return wv, bv, w0, w1
 
     def views(self, x: Tensor, weights: tuple[Tensor, ...] | None = None) -> Tensor:
         """(B, C, H, W) state -> (B, 2C, H, W): the two learned 3x3 views, reflect padding.
@@ -93,6 +95,13 @@ class NCALevel(nn.Module):
         b, _, h, w = x.shape
         noise = torch.rand((b, 1, h, w), generator=generator, device=x.device, dtype=x.dtype)
         return (noise < self.fire_rate).to(x.dtype)
+
+    def fire_indices(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(F,) indices of the firing cells in the flattened (B, H, W) grid of a (B, C, H, W) state:
+        the cells where :meth:`fire_mask` (same generator state) is 1, without building the mask."""
+        b, _, h, w = x.shape
+        noise = torch.rand((b * h * w,), generator=generator, device=x.device, dtype=x.dtype)
+        return (noise < self.fire_rate).nonzero().squeeze(1)
 
     @staticmethod
     def fired(mask: Tensor) -> Tensor:
@@ -170,7 +179,7 @@ class NCALevel(nn.Module):
         for start in range(0, steps, max(segment, 1)):
             # The same random numbers as fire_mask(x) per step; drawn before the steps run, so a
             # recomputed (checkpointed) segment is identical.
-            fired = [self.fired(self.fire_mask(x, generator)) for _ in range(min(segment, steps - start))]
+            fired = [self.fire_indices(x, generator) for _ in range(min(segment, steps - start))]
             if use_ckpt:
                 state = torch.utils.checkpoint.checkpoint(self.run_cells, state, fired, weights,
                                                           use_reentrant=False)
