@@ -159,3 +159,19 @@ def test_cli_quick_end_to_end(tmp_path, capsys):
     for fragment in ("train-hippocampus-c16", "infer-slice64", "speed-up", "GFLOP/s", "% of the matmul rate"):
         assert fragment in text
     assert "train-hippocampus-c16" in capsys.readouterr().out  # the tables are printed too
+
+
+def test_onnx_cases_report_file_size_and_time():
+    pytest.importorskip("onnxruntime")
+    names = [c.name for c in bench_cases(quick=True) if c.group == "onnx"]
+    assert names == ["onnx-slice64", "onnx-slice64-int8"]
+    threads = torch.get_num_threads()
+    try:
+        runs = {name: run_one(name, "mednca", Options(quick=True)) for name in names}
+    finally:
+        torch.set_num_threads(threads)
+    for out in runs.values():
+        assert out["median_s"] > 0 and out["file_bytes"] > 0
+    assert runs["onnx-slice64-int8"]["file_bytes"] < runs["onnx-slice64"]["file_bytes"]
+    with pytest.raises(MedNCAError):  # no plain counterpart
+        run_one("onnx-slice64", "plain", Options(quick=True))

@@ -13,6 +13,8 @@ What is measured (see :func:`bench_cases` for the exact sizes):
 * ``scale-*``: inference time and memory against image side (64..512) and steps (16..128).
 * ``volume-default-1thread``: ``predict_volume`` of one volume at the default ``hippocampus`` preset
   on one thread (targets: <= 1 s, <= 200 MB; reported, not asserted).
+* ``onnx-slice64[-int8]``: the ``infer-slice64`` model exported with ``mednca export`` (fp32 and
+  int8 weights) and run by onnxruntime: file size and time per slice (only with the ``[export]`` extra).
 
 Every compared case runs three fresh processes: ``check`` (mednca and :class:`PlainMedNCA` with
 the same weights and the same fire masks must agree on outputs -- and for training on every
@@ -29,14 +31,17 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib.util
 import json
 import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -227,12 +232,14 @@ class Case:
 
     Attributes:
         name: Case name (the same in ``--quick`` mode, where only the sizes shrink).
-        group: ``train``, ``infer``, ``side``, ``steps`` or ``volume1t``.
+        group: ``train``, ``infer``, ``side``, ``steps``, ``volume1t`` or ``onnx`` (the model
+            exported with ``mednca export`` and run by onnxruntime; no plain counterpart).
         config: Model settings (``image_size`` = the side used, ``batch_size`` = the batch).
         source: ``synthetic`` random images, or ``volume`` (one MSD volume's slices).
         compare: Run and check the plain implementation too.
         threads: Torch threads of the case (None: the run's setting).
         note: Short human description for the tables.
+        weights: ``onnx`` cases: the exported weights' precision (fp32, fp16, int8).
     """
 
     name: str
@@ -242,6 +249,7 @@ class Case:
     compare: bool = True
     threads: int | None = None
     note: str = ""
+    weights: str = "fp32"
 
     @property
     def train(self) -> bool:
@@ -252,7 +260,8 @@ class Case:
         return {"channels": c.channels, "hidden": c.hidden, "steps": c.steps, "scale": c.scale,
                 "side": c.image_size, "patch": c.patch_size if self.train else None,
                 "batch": c.batch_size if self.source != "volume" else None, "source": self.source,
-                "threads": self.threads, "fire_rate": c.fire_rate}
+                "threads": self.threads, "fire_rate": c.fire_rate,
+                **({"weights": self.weights} if self.group == "onnx" else {})}
 
 
 def bench_cases(quick: bool = False) -> list[Case]:
@@ -302,6 +311,12 @@ def bench_cases(quick: bool = False) -> list[Case]:
             cases.append(Case(f"scale-steps{name}", "steps", cfg("hippocampus", channels=c16, steps=n,
                                                                  image_size=base_side, patch_size=hp, batch_size=1),
                               note=f"side {base_side}, {n} steps"))
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):  # the [export] extra
+        for weights in ("fp32", "int8"):
+            cases.append(Case(f"onnx-slice64{'' if weights == 'fp32' else '-' + weights}", "onnx",
+                              cfg("hippocampus", channels=c16, steps=steps, image_size=hippo, patch_size=hp,
+                                  batch_size=1), compare=False, weights=weights,
+                              note=f"one 64² slice, 16 ch, ONNX Runtime, {weights} weights"))
     default = MedNCAConfig.preset("hippocampus", **({"image_size": 16, "steps": 2, "hidden": 8} if quick else {}))
     cases.append(Case("volume-default-1thread", "volume1t", default, source="volume", compare=False, threads=1,
                       note="predict_volume, hippocampus preset, 1 thread"))
@@ -509,6 +524,17 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
             logits, target = model(images, labels, generator=g)
             dice_bce_loss(logits, target).backward()
             optimizer.step()
+    elif case.group == "onnx":
+        from .export import OnnxSegmenter, export_model
+
+        tmp = Path(tempfile.mkdtemp(prefix="mednca-bench-onnx-"))
+        path = export_model(model, tmp / "model.onnx", weights=case.weights)
+        out["file_bytes"] = path.stat().st_size
+        runner = OnnxSegmenter(path, threads=torch.get_num_threads())
+        shutil.rmtree(tmp)
+
+        def fn() -> None:
+            runner.logits(images)
     elif case.group == "volume1t":
         from .predict import predict_volume
 
@@ -827,6 +853,20 @@ def markdown(results: dict[str, Any]) -> str:
         steps_rows += [c for c in side_rows if c["params"]["side"] == base_side]
         base = steps_rows[0]["params"]
         sweep(f"Inference vs steps per level (one {base_side}² slice, C{base['channels']})", "steps", steps_rows)
+
+    onnx_rows = [c for c in cases if c["group"] == "onnx"]
+    if onnx_rows:
+        torch_run = next((c.get("mednca") for c in cases if c["name"] == "infer-slice64"), None)
+        lines.extend(["#### ONNX Runtime (`mednca export`: dense steps, fire masks drawn in the graph)", "",
+                      "| case | config | weights | file KiB | onnxruntime ms | mednca (PyTorch) ms, `infer-slice64` "
+                      "| peak RSS MB |", "|---|---|---|---|---|---|---|"])
+        for c in onnx_rows:
+            m = c.get("mednca", {})
+            size = m.get("file_bytes")
+            lines.append(f"| {c['name']} | {_config_text(c)} | {c['params'].get('weights', 'fp32')} | "
+                         f"{_f(size and size / 1024, '.0f')} | {_ms(m)} | {_ms(torch_run)} | "
+                         f"{_f(m.get('peak_rss_mb'), '.0f')} |")
+        lines.append("")
 
     for c in (c for c in cases if c["group"] == "volume1t"):
         m, t, inp = c.get("mednca", {}), c.get("targets", {}), c.get("input", {})

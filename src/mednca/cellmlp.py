@@ -83,10 +83,12 @@ def fired_update(cells: Tensor, seen: Tensor, fired: Tensor, w0: Tensor, w1: Ten
         fired: (F,) distinct indices into N of the cells that fire.
         w0: (hidden, 3C + 1) first-layer weights; the last column is the bias.
         w1: (C, hidden) second-layer weights (no bias), row 0 zero (the image channel).
-        keep_hidden: Keep the (F, hidden) activations for backward instead of recomputing them.
+        keep_hidden: Keep the (F, hidden) activations for backward instead of recomputing them
+            (only when a gradient will be needed).
 
     Returns:
         (N, C): ``cells`` with ``relu([cells, seen, 1] @ w0.T) @ w1.T`` added at the ``fired`` rows,
         channel 0 unchanged.
     """
-    return _FiredUpdate.apply(cells, seen, fired, w0, w1, keep_hidden)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (cells, seen, w0, w1))
+    return _FiredUpdate.apply(cells, seen, fired, w0, w1, keep_hidden and needs_grad)

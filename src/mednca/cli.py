@@ -128,8 +128,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     output = args.output or default_output(args.checkpoint, args.format)
     path = export_model(model, output, args.format, opset=args.opset, explicit_noise=args.noise_input,
-                        overwrite=args.overwrite)
-    _log(f"wrote {args.format} model {path} ({path.stat().st_size:,} bytes)")
+                        overwrite=args.overwrite, weights=args.weights)
+    _log(f"wrote {args.format} model {path} ({path.stat().st_size:,} bytes, {args.weights} weights)")
     return 0
 
 
@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--noise-input", action="store_true",
                    help="take the fire-mask noise as inputs noise1, noise2 instead of drawing it in the graph")
+    p.add_argument("--weights", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="ONNX only: store the weights as fp16 or as int8 with one scale per output channel "
+                        "(smaller file, float32 compute; see benchmarks/RESULTS.md for the Dice it costs); "
+                        "default fp32")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_export)
 

@@ -13,7 +13,9 @@ noise < fire_rate): reproducible, and exactly comparable to ``MedNCA.forward`` f
 random numbers (see :func:`draw_noise`).
 
 ONNX files carry the mednca version and the config JSON in ``metadata_props``; TorchScript files
-in an extra file ``mednca.json``. Running them needs only ``onnxruntime`` or ``torch``.
+in an extra file ``mednca.json``. Running them needs only ``onnxruntime`` or ``torch``. ONNX
+files can store their weights as fp16 or int8 (``weights=``, see :mod:`mednca.quantize`): a
+smaller file, float32 compute.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from .errors import CheckpointError, MedNCAError
 from .fsutil import atomic_path, check_output
 from .model import MedNCA
 from .nca import NCALevel
+from .quantize import WEIGHT_PRECISIONS, quantize_onnx
 from .version import __version__
 
 #: Export formats and their default file suffix.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 #: Keys of the metadata written into exported files.
-META_VERSION, META_CONFIG, META_NOISE = "mednca_version", "mednca_config", "mednca_noise"
+META_VERSION, META_CONFIG, META_NOISE, META_WEIGHTS = ("mednca_version", "mednca_config", "mednca_noise",
+                                                       "mednca_weights")
 _INSTALL_HINT = 'pip install "mednca[export]"'
 
 
@@ -125,9 +129,9 @@ def _example_inputs(config: MedNCAConfig, batch: int, explicit_noise: bool) -> t
     return (images, *draw_noise(config, batch, config.image_size, config.image_size, g))
 
 
-def _metadata(config: MedNCAConfig, explicit_noise: bool) -> dict[str, str]:
+def _metadata(config: MedNCAConfig, explicit_noise: bool, weights: str = "fp32") -> dict[str, str]:
     return {META_VERSION: __version__, META_CONFIG: json.dumps(config.to_dict()),
-            META_NOISE: "input" if explicit_noise else "graph"}
+            META_NOISE: "input" if explicit_noise else "graph", META_WEIGHTS: weights}
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -144,7 +148,8 @@ def _check_format(format: str) -> None:
 
 
 def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch_dynamic: bool = True,
-                 opset: int = 17, explicit_noise: bool = False, overwrite: bool = False) -> Path:
+                 opset: int = 17, explicit_noise: bool = False, overwrite: bool = False,
+                 weights: str = "fp32") -> Path:
     """Write ``model`` as a self-contained ONNX or TorchScript file (atomically).
 
     Args:
@@ -156,13 +161,15 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
         opset: ONNX opset version.
         explicit_noise: Take the fire-mask noise as inputs ``noise1``, ``noise2`` (see module doc).
         overwrite: Replace an existing file.
+        weights: ONNX only: store the weights as ``"fp32"``, ``"fp16"`` or ``"int8"`` (per output
+            channel); compute stays float32 (see :mod:`mednca.quantize`).
 
     Returns:
         ``path``.
 
     Raises:
-        ExportError: Unknown format, a UNet baseline (not exportable), or onnx/onnxruntime
-            missing for ONNX.
+        ExportError: Unknown format or weight precision, fp16/int8 weights for TorchScript, a
+            UNet baseline (not exportable), or onnx/onnxruntime missing for ONNX.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
     """
     _check_format(format)
@@ -170,10 +177,16 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
         kind = getattr(getattr(model, "config", None), "model", type(model).__name__)
         raise ExportError(f"export supports Med-NCA models only, this is a {kind!r} model; run UNet "
                           "baselines with 'mednca predict' (PyTorch runtime)")
+    if weights not in WEIGHT_PRECISIONS:
+        raise ExportError(f"unknown weight precision {weights!r}; choose one of: {', '.join(WEIGHT_PRECISIONS)}")
+    if weights != "fp32" and format != "onnx":
+        raise ExportError(f"{weights} weights are written for ONNX exports only; use --format onnx")
+    if weights == "int8" and opset < 13:
+        raise ExportError(f"int8 weights need ONNX opset >= 13 (per-channel DequantizeLinear), got {opset}")
     path = check_output(path, overwrite)
     module = ExportModule(model, explicit_noise)
     if format == "onnx":
-        data = _onnx_bytes(module, 2 if batch_dynamic else 1, batch_dynamic, opset)
+        data = _onnx_bytes(module, 2 if batch_dynamic else 1, batch_dynamic, opset, weights)
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     else:
@@ -186,8 +199,9 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
     return path
 
 
-def _onnx_bytes(module: ExportModule, batch: int, batch_dynamic: bool, opset: int) -> bytes:
-    """Trace ``module`` to ONNX (the TorchScript-based exporter) and add mednca's metadata."""
+def _onnx_bytes(module: ExportModule, batch: int, batch_dynamic: bool, opset: int, weights: str = "fp32") -> bytes:
+    """Trace ``module`` to ONNX (the TorchScript-based exporter), store its weights at ``weights``
+    precision and add mednca's metadata."""
     onnx, _ = _require_onnx()
     names = ["images", "noise1", "noise2"] if module.explicit_noise else ["images"]
     axes = {"images": {2: "height", 3: "width"}, "logits": {2: "height", 3: "width"},
@@ -201,8 +215,8 @@ def _onnx_bytes(module: ExportModule, batch: int, batch_dynamic: bool, opset: in
         torch.onnx.export(module, _example_inputs(module.config, batch, module.explicit_noise), buffer,
                           dynamo=False, opset_version=opset, input_names=names, output_names=["logits"],
                           dynamic_axes={k: v for k, v in axes.items() if k in names + ["logits"]})
-    proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in _metadata(module.config, module.explicit_noise).items():
+    proto = quantize_onnx(onnx.load_from_string(buffer.getvalue()), weights)
+    for key, value in _metadata(module.config, module.explicit_noise, weights).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = (f"Med-NCA segmentation: images (B, 1, H, W) float32, per-slice "
