@@ -164,7 +164,7 @@ def test_cli_quick_end_to_end(tmp_path, capsys):
 def test_onnx_cases_report_file_size_and_time():
     pytest.importorskip("onnxruntime")
     names = [c.name for c in bench_cases(quick=True) if c.group == "onnx"]
-    assert names == ["onnx-slice64", "onnx-slice64-int8"]
+    assert names == ["onnx-slice64", "onnx-slice64-fp16", "onnx-slice64-int8"]
     threads = torch.get_num_threads()
     try:
         runs = {name: run_one(name, "mednca", Options(quick=True)) for name in names}
@@ -173,5 +173,6 @@ def test_onnx_cases_report_file_size_and_time():
     for out in runs.values():
         assert out["median_s"] > 0 and out["file_bytes"] > 0
     assert runs["onnx-slice64-int8"]["file_bytes"] < runs["onnx-slice64"]["file_bytes"]
+    assert runs["onnx-slice64-fp16"]["file_bytes"] < runs["onnx-slice64"]["file_bytes"]
     with pytest.raises(MedNCAError):  # no plain counterpart
         run_one("onnx-slice64", "plain", Options(quick=True))

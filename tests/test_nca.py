@@ -188,5 +188,6 @@ def test_packed_weights_follow_the_parameters():
     assert wv.shape == (2 * C, C, 3, 3) and bv.shape == (2 * C,)
     assert w0.shape == (HIDDEN, 3 * C + 1) and w1.shape == (C, HIDDEN)
     assert torch.equal(wv[C:], level.p1.weight) and torch.equal(w0[:, -1], level.fc0.bias)
+    assert torch.equal(w1[0], torch.zeros(HIDDEN)) and torch.equal(w1[1:], level.fc1.weight.flatten(1)[1:])
     x = _state(h=5, w=4)
     assert torch.equal(level.views(x), level.views(x, (wv, bv, w0, w1)))

@@ -61,7 +61,7 @@ def test_round_weights_changes_weights_only_and_copies(precision):
         else:  # biases stay float32 as they were
             assert torch.equal(value, before[name])
     stats = weight_stats(model, precision)
-    assert stats["weights"] == sum(p.numel() for p in model.parameters() if p.ndim >= 2)
+    assert stats["n_weights"] == sum(p.numel() for p in model.parameters() if p.ndim >= 2)
     assert 0 < stats["max_rel_error"] < (1e-3 if precision == "fp16" else 1 / INT8_MAX)
 
 

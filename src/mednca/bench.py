@@ -13,7 +13,7 @@ What is measured (see :func:`bench_cases` for the exact sizes):
 * ``scale-*``: inference time and memory against image side (64..512) and steps (16..128).
 * ``volume-default-1thread``: ``predict_volume`` of one volume at the default ``hippocampus`` preset
   on one thread (targets: <= 1 s, <= 200 MB; reported, not asserted).
-* ``onnx-slice64[-int8]``: the ``infer-slice64`` model exported with ``mednca export`` (fp32 and
+* ``onnx-slice64[-fp16|-int8]``: the ``infer-slice64`` model exported with ``mednca export`` (fp32, fp16 and
   int8 weights) and run by onnxruntime: file size and time per slice (only with the ``[export]`` extra).
 
 Every compared case runs three fresh processes: ``check`` (mednca and :class:`PlainMedNCA` with
@@ -312,7 +312,7 @@ def bench_cases(quick: bool = False) -> list[Case]:
                                                                  image_size=base_side, patch_size=hp, batch_size=1),
                               note=f"side {base_side}, {n} steps"))
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):  # the [export] extra
-        for weights in ("fp32", "int8"):
+        for weights in ("fp32", "fp16", "int8"):
             cases.append(Case(f"onnx-slice64{'' if weights == 'fp32' else '-' + weights}", "onnx",
                               cfg("hippocampus", channels=c16, steps=steps, image_size=hippo, patch_size=hp,
                                   batch_size=1), compare=False, weights=weights,

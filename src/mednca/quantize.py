@@ -81,7 +81,7 @@ def round_weights(model: nn.Module, precision: str) -> nn.Module:
 
 
 def weight_stats(model: nn.Module, precision: str) -> dict[str, Any]:
-    """How much rounding changes the weights: ``{"weights", "max_abs_error", "max_rel_error"}``
+    """How much rounding changes the weights: ``{"n_weights", "max_abs_error", "max_rel_error"}``
     (relative to each tensor's largest magnitude)."""
     n, max_abs, max_rel = 0, 0.0, 0.0
     for param in model.parameters():
@@ -90,7 +90,7 @@ def weight_stats(model: nn.Module, precision: str) -> dict[str, Any]:
             top = param.detach().abs().max().item()
             n += param.numel()
             max_abs, max_rel = max(max_abs, err), max(max_rel, err / top if top else 0.0)
-    return {"weights": n, "max_abs_error": max_abs, "max_rel_error": max_rel}
+    return {"n_weights": n, "max_abs_error": max_abs, "max_rel_error": max_rel}
 
 
 def quantize_onnx(proto: Any, precision: str) -> Any:
