@@ -9,6 +9,16 @@ import pytest
 from mednca.config import MedNCAConfig
 
 
+@pytest.fixture(autouse=True)
+def _default_denormals():
+    """mednca's commands and the benchmark turn on torch.set_flush_denormal for their process;
+    tests calling them in process must not leak that setting into the next test."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def tiny_config() -> MedNCAConfig:
     """A MedNCA config small enough to train a few epochs in well under a second."""

@@ -260,3 +260,20 @@ def test_failed_train_leaves_no_half_made_run(tmp_path: Path, capsys) -> None:
     assert_error(capsys, main([*args, "--set", "axis=1", "--label", "7"]), "no foreground")
     run = tmp_path / "run"
     assert not run.exists() or not any(run.iterdir())
+
+
+def test_network_commands_flush_denormals_and_light_ones_do_not(monkeypatch, tmp_path):
+    import torch
+
+    import mednca.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "flush_denormals", lambda: calls.append(True))
+    assert cli.main(["presets"]) == 0
+    assert calls == []
+    # a network command flushes before it runs (here it then fails on a missing checkpoint)
+    assert cli.main(["predict", str(tmp_path / "missing.safetensors"), str(tmp_path), "-o", str(tmp_path / "o")]) == 1
+    assert calls == [True]
+    monkeypatch.undo()
+    cli.flush_denormals()
+    assert torch.tensor([1e-39]).mul(1.0).item() == 0.0  # a denormal now reads as zero

@@ -446,6 +446,7 @@ class Options:
     data: str | None = None
     max_rss_mb: float = 0.0  # 0: no limit
     seed: int = 0
+    flush_denormal: bool = True  # torch.set_flush_denormal in every measurement (both implementations)
 
     @property
     def min_repeats(self) -> int:
@@ -464,6 +465,8 @@ class Options:
             args += ["--threads", str(self.threads)]
         if self.data:
             args += ["--data", str(self.data)]
+        if not self.flush_denormal:
+            args.append("--keep-denormals")
         return args
 
 
@@ -500,6 +503,7 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
     threads = case.threads or opts.threads
     if threads:
         torch.set_num_threads(threads)
+    torch.set_flush_denormal(opts.flush_denormal)
     _start_memory_watchdog(opts.max_rss_mb)
     images, labels, volume, info = _inputs(case, opts.data)
     out: dict[str, Any] = {"case": name, "impl": impl, "threads": torch.get_num_threads(),
@@ -696,6 +700,7 @@ def run_benchmark(opts: Options, only: Sequence[str] | None = None, json_out: st
                  "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
                  "quick": opts.quick, "min_repeats": opts.min_repeats, "budget_s": opts.budget,
                  "warmup": opts.warmup, "max_rss_mb": opts.max_rss_mb, "seed": opts.seed,
+                 "flush_denormal": opts.flush_denormal,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": _loadavg(),
                  "tolerance": {"rtol": RTOL, "atol": ATOL, "grad_rtol": GRAD_RTOL}},
         "matmul": matmul, "cases": [], "ratios": {}}
@@ -807,7 +812,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"{mm['n']}×{mm['n']}: **{mm['gflops']:.1f} GFLOP/s** (median of {mm['repeats']}). Times are medians "
              f"after {meta['warmup']} warm-up; each measurement in a fresh process (peak RSS = that process, "
              "torch included). GFLOP/s = all-cell FLOPs / time (training = 3× forward), % of the matmul rate in "
-             "brackets. Δ = max |mednca − plain| over the output (same weights, same fire masks).", ""]
+             "brackets. Δ = max |mednca − plain| over the output (same weights, same fire masks). Denormal floats "
+             + ("flushed to zero in both implementations (as mednca's commands do)."
+                if meta.get("flush_denormal", False) else "kept (--keep-denormals)."), ""]
     cases = results["cases"]
 
     def table(title: str, rows: list[dict], grads: bool) -> None:
@@ -909,7 +916,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(quick=bool(getattr(args, "quick", False)), repeats=getattr(args, "repeats", None),
                    budget_s=getattr(args, "budget", None), warmup=getattr(args, "warmup", 1) or 0,
                    threads=getattr(args, "threads", None), data=getattr(args, "data", None),
-                   max_rss_mb=gb * 1024 if gb else 0.0)
+                   max_rss_mb=gb * 1024 if gb else 0.0,
+                   flush_denormal=not getattr(args, "keep_denormals", False))
 
 
 def run_cli(args: argparse.Namespace) -> int:
