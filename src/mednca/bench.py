@@ -36,7 +36,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ from torch import Tensor, nn
 from .config import MedNCAConfig
 from .errors import MedNCAError
 from .losses import dice_bce_loss
+from .memory import peak_rss_mb
 from .model import MedNCA
 from .version import __version__
 
@@ -409,8 +409,8 @@ def check_case(case: Case, images: Tensor, labels: Tensor | None, seed: int = 0)
 
 # -- one measurement (a child process) -------------------------------------------------------------
 def _maxrss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    """Peak RSS of this process in MB (``VmHWM`` on Linux: not inflated by the parent's memory)."""
+    return peak_rss_mb()
 
 
 def _start_memory_watchdog(limit_mb: float) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError, DataError, MedNCAError
 from .fsutil import atomic_write_text, check_output
+from .memory import peak_rss_mb as _maxrss_mb
 
 #: Slices of the synthetic volume timed when a run's test case cannot be read.
 SYNTHETIC_SLICES = 32
@@ -41,25 +42,6 @@ CONVENTIONS = ("CPU inference (PyTorch, eval mode, one pass): per slice = one im
                "process that loads the model and runs the timings; increase = over the same process right "
                "after importing torch, MONAI and mednca. "
                "Test Dice/HD95 from the run's eval_test.json.")
-
-
-def _maxrss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (MiB).
-
-    On Linux this is ``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` also counts the memory of
-    the process that started this one (Linux carries the parent's peak over the ``exec`` of a
-    vfork-ed child), so a big parent would hide the model's memory. Elsewhere ``ru_maxrss``.
-    """
-    import resource
-
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024.0 ** 2 if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, KiB on Linux
 
 
 def _timing_volume(run: Path, config) -> tuple[Any, str]:
