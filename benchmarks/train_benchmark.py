@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mednca.cli import flush_denormals
 from mednca.config import MedNCAConfig, parse_override
 from mednca.evaluate import evaluate_run
 from mednca.train import train
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, nargs="+", default=[1],
                         help="stochastic passes at test time; several values evaluate each (default 1)")
     args = parser.parse_args()
+    flush_denormals()  # as `mednca train` does (the library's train() leaves the process setting alone)
 
     data, split = TASKS[args.task]
     preset = args.preset or args.task
