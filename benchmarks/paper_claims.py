@@ -40,6 +40,7 @@ from mednca.config import MedNCAConfig, parse_override
 from mednca.evaluate import evaluate_run
 from mednca.report import make_report
 from mednca.robustness import run_robustness
+from mednca.cli import flush_denormals
 from mednca.train import train
 
 MODELS = ("mednca", "unet", "unet-small")
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md",
                         help="Markdown file whose claims section is replaced (default benchmarks/RESULTS.md)")
     args = parser.parse_args()
+    flush_denormals()  # as mednca's commands do
 
     t_start = time.perf_counter()
     claims = args.out / f"claims-{args.task}"
