@@ -191,3 +191,11 @@ def test_packed_weights_follow_the_parameters():
     assert torch.equal(w1[0], torch.zeros(HIDDEN)) and torch.equal(w1[1:], level.fc1.weight.flatten(1)[1:])
     x = _state(h=5, w=4)
     assert torch.equal(level.views(x), level.views(x, (wv, bv, w0, w1)))
+
+
+def test_fire_indices_are_the_fire_mask_cells():
+    level = NCALevel(C, HIDDEN, fire_rate=0.4)
+    x = _state(b=3, h=7, w=5)
+    mask = level.fire_mask(x, torch.Generator().manual_seed(4))
+    idx = level.fire_indices(x, torch.Generator().manual_seed(4))
+    assert torch.equal(idx, NCALevel.fired(mask))

@@ -108,3 +108,12 @@ def test_low_precision_needs_onnx_and_a_known_precision(tmp_path: Path):
 def test_quantize_onnx_fp32_is_a_no_op():
     sentinel = object()
     assert quantize_onnx(sentinel, "fp32") is sentinel
+
+
+def test_cli_weight_choices_are_the_library_precisions():
+    from mednca.cli import build_parser
+    from mednca.quantize import WEIGHT_PRECISIONS
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    weights = next(a for a in export._actions if a.dest == "weights")
+    assert tuple(weights.choices) == WEIGHT_PRECISIONS and weights.default == "fp32"

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -408,11 +407,6 @@ def check_case(case: Case, images: Tensor, labels: Tensor | None, seed: int = 0)
 
 
 # -- one measurement (a child process) -------------------------------------------------------------
-def _maxrss_mb() -> float:
-    """Peak RSS of this process in MB (``VmHWM`` on Linux: not inflated by the parent's memory)."""
-    return peak_rss_mb()
-
-
 def _start_memory_watchdog(limit_mb: float) -> None:
     """Exit the process (status ``EXIT_MEMORY``) when its RSS passes ``limit_mb``: one case must
     never push the machine (and the other jobs on it) out of memory."""
@@ -494,7 +488,7 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
     Meant to run in a fresh process (``python -m mednca.bench --case NAME --impl IMPL --json``) so
     that the peak RSS it reports belongs to this case alone.
     """
-    rss_import = _maxrss_mb()
+    rss_import = peak_rss_mb()
     case = {c.name: c for c in bench_cases(opts.quick)}.get(name)
     if case is None:
         raise MedNCAError(f"unknown case {name!r}")
@@ -512,7 +506,7 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
         out["input"] = info
     if impl == "check":
         out.update(check_case(case, images, labels, opts.seed))
-        out["peak_rss_mb"] = round(_maxrss_mb(), 1)
+        out["peak_rss_mb"] = round(peak_rss_mb(), 1)
         return out
 
     model: nn.Module = bench_model(case.config, opts.seed)
@@ -531,11 +525,10 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
     elif case.group == "onnx":
         from .export import OnnxSegmenter, export_model
 
-        tmp = Path(tempfile.mkdtemp(prefix="mednca-bench-onnx-"))
-        path = export_model(model, tmp / "model.onnx", weights=case.weights)
-        out["file_bytes"] = path.stat().st_size
-        runner = OnnxSegmenter(path, threads=torch.get_num_threads())
-        shutil.rmtree(tmp)
+        with tempfile.TemporaryDirectory(prefix="mednca-bench-onnx-") as tmp:
+            path = export_model(model, Path(tmp) / "model.onnx", weights=case.weights)
+            out["file_bytes"] = path.stat().st_size
+            runner = OnnxSegmenter(path, threads=torch.get_num_threads())  # holds the model's bytes
 
         def fn() -> None:
             runner.logits(images)
@@ -553,11 +546,11 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
             with torch.no_grad():
                 _forward_all(model, images, g)
 
-    rss_setup = _maxrss_mb()
+    rss_setup = peak_rss_mb()
     warm, times = _time(fn, opts)
     out.update(median_s=statistics.median(times), min_s=min(times), times_s=[round(t, 6) for t in times],
                warmup_s=[round(t, 6) for t in warm], repeats=len(times), rss_after_import_mb=round(rss_import, 1),
-               rss_after_setup_mb=round(rss_setup, 1), peak_rss_mb=round(_maxrss_mb(), 1),
+               rss_after_setup_mb=round(rss_setup, 1), peak_rss_mb=round(peak_rss_mb(), 1),
                loadavg_end=_loadavg())
     return out
 

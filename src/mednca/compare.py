@@ -10,7 +10,7 @@ For each run folder :func:`compare_runs` reports:
   one whole volume (the run's first test case, else a synthetic volume of 32 slices), after
   one untimed warm-up call;
 * peak memory of inference: the peak RSS (``ru_maxrss``; on Linux ``VmHWM``, see
-  :func:`_maxrss_mb`) of a fresh process (``python -m mednca.compare --measure RUN --json``) that
+  :func:`peak_rss_mb`) of a fresh process (``python -m mednca.compare --measure RUN --json``) that
   imports torch, MONAI and mednca, loads the model and runs the timings above; reported in total
   and as the increase over the same process right after the imports.
 
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError, DataError, MedNCAError
 from .fsutil import atomic_write_text, check_output
-from .memory import peak_rss_mb as _maxrss_mb
+from .memory import peak_rss_mb
 
 #: Slices of the synthetic volume timed when a run's test case cannot be read.
 SYNTHETIC_SLICES = 32
@@ -285,13 +285,13 @@ def _measure_main(argv: Sequence[str] | None = None) -> int:
         import monai.networks.nets  # noqa: F401
     except ImportError:  # only UNet runs need it (and fail to load without it)
         pass
-    baseline = _maxrss_mb()
+    baseline = peak_rss_mb()
     try:
         result = measure_run(args.measure, repeats=args.repeats, threads=args.threads)
     except MedNCAError as exc:
         print(f"mednca: error: {exc}", file=sys.stderr)
         return 1
-    peak = _maxrss_mb()
+    peak = peak_rss_mb()
     result.update(rss_peak_mb=peak, rss_baseline_mb=baseline, rss_increase_mb=peak - baseline)
     if args.json:
         print(json.dumps(result))

@@ -68,7 +68,7 @@ class NCALevel(nn.Module):
         Returns:
             ``(wv, bv, w0, w1)``: both perception filters stacked (2C, C, 3, 3) and their biases
             (2C,); the first layer with its bias as the last column (hidden, 3C + 1); the second
-            layer (C, hidden).
+            layer (C, hidden) with row 0 (the image channel's update) zero.
         """
         wv = torch.cat((self.p0.weight, self.p1.weight), 0)
         bv = torch.cat((self.p0.bias, self.p1.bias), 0)
@@ -90,18 +90,20 @@ class NCALevel(nn.Module):
         """(B, C, H, W) state -> (B, C, H, W) proposed residual update of every cell."""
         return self.fc1(F.relu(self.fc0(self.perceive(x))))
 
+    def _fires(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B*H*W,) bool: which cells of a (B, C, H, W) state fire this step (one uniform draw each)."""
+        b, _, h, w = x.shape
+        return torch.rand((b * h * w,), generator=generator, device=x.device, dtype=x.dtype) < self.fire_rate
+
     def fire_mask(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 1, H, W) mask in x's dtype: 1 where a cell fires (probability ``fire_rate``)."""
         b, _, h, w = x.shape
-        noise = torch.rand((b, 1, h, w), generator=generator, device=x.device, dtype=x.dtype)
-        return (noise < self.fire_rate).to(x.dtype)
+        return self._fires(x, generator).view(b, 1, h, w).to(x.dtype)
 
     def fire_indices(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(F,) indices of the firing cells in the flattened (B, H, W) grid of a (B, C, H, W) state:
         the cells where :meth:`fire_mask` (same generator state) is 1, without building the mask."""
-        b, _, h, w = x.shape
-        noise = torch.rand((b * h * w,), generator=generator, device=x.device, dtype=x.dtype)
-        return (noise < self.fire_rate).nonzero().squeeze(1)
+        return self._fires(x, generator).nonzero().squeeze(1)
 
     @staticmethod
     def fired(mask: Tensor) -> Tensor:
@@ -175,10 +177,10 @@ class NCALevel(nn.Module):
         use_ckpt = checkpoint and torch.is_grad_enabled()
         state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): channels-last for the whole level
         weights = self.packed_weights()
-        segment = CHECKPOINT_SEGMENT if use_ckpt else steps
-        for start in range(0, steps, max(segment, 1)):
-            # The same random numbers as fire_mask(x) per step; drawn before the steps run, so a
-            # recomputed (checkpointed) segment is identical.
+        segment = CHECKPOINT_SEGMENT if use_ckpt else 1
+        for start in range(0, steps, segment):
+            # The same random numbers as fire_mask(x) per step; drawn before the segment runs, so
+            # a recomputed (checkpointed) segment is identical.
             fired = [self.fire_indices(x, generator) for _ in range(min(segment, steps - start))]
             if use_ckpt:
                 state = torch.utils.checkpoint.checkpoint(self.run_cells, state, fired, weights,
