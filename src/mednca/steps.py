@@ -1,0 +1,196 @@
+"""A run of NCA steps as one fused autograd function, with a hand-written backward.
+
+One step on a channels-last state (N = B*H*W cells of C channels):
+
+1. ``seen``: the two learned 3x3 views of every cell, one conv on the reflect-padded state;
+2. the F firing cells' perception vectors ``[cell, seen, 1]`` (the ones column carries the
+   first layer's bias) are gathered and run through ``relu(feats @ w0.T) @ w1.T`` in
+   cache-sized chunks;
+3. the result is added to those cells, in place.
+
+Running all steps of a level inside one :class:`torch.autograd.Function` means no autograd
+node, no new state tensor and no gradient buffer per step: forward updates one state in place,
+backward walks the steps in reverse updating one gradient in place. Only the firing cells' rows
+go through the per-cell network, forward and backward (about half the work at fire rate 0.5).
+
+With ``segment`` set, forward keeps only every ``segment``-th state and backward recomputes
+each segment's steps before back-propagating through them (gradient checkpointing): memory of
+``steps / segment`` states plus ``segment`` steps' intermediates instead of all steps'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CHUNK = 4096  # cells per matrix product: keeps a chunk's hidden activations in cache
+
+
+class StepWeights(NamedTuple):
+    """The weights as a step uses them (see :meth:`mednca.nca.NCALevel.packed_weights`).
+
+    Attributes:
+        wv: (2C, C, 3, 3) both perception filters stacked.
+        bv: (2C,) their biases.
+        w0: (hidden, 3C + 1) first layer, its bias as the last column.
+        w1: (C, hidden) second layer (no bias), row 0 zero: the image channel is never updated.
+    """
+
+    wv: Tensor
+    bv: Tensor
+    w0: Tensor
+    w1: Tensor
+
+
+class _Saved(NamedTuple):
+    """What backward needs of one step."""
+
+    padded: Tensor  # (B, C, H+2, W+2) channels-last: the reflect-padded state the step read
+    feats: Tensor  # (F, 3C+1) the firing cells' perception vectors
+    hidden: Tensor  # (F, hidden) their hidden activations (after the ReLU)
+    fired: Tensor  # (F,) the firing cells' indices
+
+
+def views(state: Tensor, wv: Tensor, bv: Tensor) -> tuple[Tensor, Tensor]:
+    """The two learned 3x3 views of every cell of a (B, H, W, C) channels-last state.
+
+    Returns:
+        ``(seen, padded)``: (B*H*W, 2C) views and the (B, C, H+2, W+2) reflect-padded state
+        (channels-last in memory) they were computed from.
+    """
+    padded = F.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect")
+    seen = F.conv2d(padded, wv, bv)  # (B, 2C, H, W), channels-last in memory
+    return seen.permute(0, 2, 3, 1).reshape(-1, wv.shape[0]), padded
+
+
+def step_(state: Tensor, weights: StepWeights, fired: Tensor, keep: bool = False) -> _Saved | None:
+    """One step on a (B, H, W, C) contiguous state, in place; no autograd.
+
+    Args:
+        state: (B, H, W, C) contiguous channels-last state, updated in place.
+        weights: The packed weights.
+        fired: (F,) distinct indices of the firing cells in the flattened (B, H, W) grid.
+        keep: Return what backward needs of this step.
+    """
+    c = state.shape[-1]
+    wv, bv, w0, w1 = weights
+    seen, padded = views(state, wv, bv)
+    cells = state.view(-1, c)
+    feats = cells.new_empty((fired.shape[0], w0.shape[1]))  # (F, 3C+1): [cell, seen, 1]
+    torch.index_select(cells, 0, fired, out=feats[:, :c])
+    torch.index_select(seen, 0, fired, out=feats[:, c:3 * c])
+    feats[:, 3 * c:].fill_(1.0)
+    hidden = feats.new_empty((feats.shape[0], w0.shape[0])) if keep else None
+    dx = feats.new_empty((feats.shape[0], c))  # (F, C)
+    w0t, w1t = w0.t(), w1.t()
+    for s in range(0, feats.shape[0], CHUNK):
+        h = torch.mm(feats[s:s + CHUNK], w0t, out=None if hidden is None else hidden[s:s + CHUNK]).relu_()
+        torch.mm(h, w1t, out=dx[s:s + CHUNK])
+    cells.index_copy_(0, fired, dx.add_(feats[:, :c]))  # fired indices are distinct
+    return _Saved(padded, feats, hidden, fired) if keep else None
+
+
+def step_backward_(grad: Tensor, saved: _Saved, weights: StepWeights, grads: list[Tensor]) -> None:
+    """Back-propagate one step: ``grad`` (B, H, W, C), the loss gradient of the step's output
+    state, becomes that of its input state, in place; the weights' gradients are added to
+    ``grads`` (same order as ``weights``)."""
+    b, h, w, c = grad.shape
+    padded, feats, hidden, fired = saved
+    wv, _, w0, w1 = weights
+    g_wv, g_bv, g_w0, g_w1 = grads
+    g = grad.view(-1, c)
+    go_all = g.index_select(0, fired)  # (F, C)
+    g_feats = torch.empty_like(feats)
+    for s in range(0, feats.shape[0], CHUNK):
+        f, go, hid = feats[s:s + CHUNK], go_all[s:s + CHUNK], hidden[s:s + CHUNK]
+        g_w1.addmm_(go.t(), hid)
+        g_hidden = torch.ops.aten.threshold_backward(go @ w1, hid, 0)  # ReLU's gradient, one op
+        g_w0.addmm_(g_hidden.t(), f)
+        torch.mm(g_hidden, w0, out=g_feats[s:s + CHUNK])
+    # the identity path plus the update's path, at the firing rows
+    g.index_copy_(0, fired, go_all.add_(g_feats[:, :c]))
+    # the views: only the firing cells' rows have a gradient
+    g_seen_rows = g_feats[:, c:3 * c]
+    g_bv.add_(g_seen_rows.sum(0))
+    g_seen = g.new_zeros((b, h, w, 2 * c))
+    g_seen.view(-1, 2 * c).index_copy_(0, fired, g_seen_rows)
+    g_padded, g_conv, _ = torch.ops.aten.convolution_backward(
+        g_seen.permute(0, 3, 1, 2), padded, wv, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [True, True, False])
+    g_wv.add_(g_conv)
+    g_in = torch.ops.aten.reflection_pad2d_backward(g_padded, grad.permute(0, 3, 1, 2), [1, 1, 1, 1])
+    grad.add_(g_in.permute(0, 2, 3, 1))
+
+
+class _Steps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, state: Tensor, wv: Tensor, bv: Tensor, w0: Tensor, w1: Tensor,
+                fired: list[Tensor], segment: int | None) -> Tensor:
+        weights = StepWeights(wv, bv, w0, w1)
+        out = state.clone()
+        if segment is None:  # keep every step's intermediates
+            kept = [step_(out, weights, f, keep=True) for f in fired]
+            ctx.save_for_backward(wv, bv, w0, w1, *(t for s in kept for t in s))
+            ctx.kept = len(kept)
+        else:  # keep the state at the start of every segment
+            starts = []
+            for i, f in enumerate(fired):
+                if i % segment == 0:
+                    starts.append(out.clone())
+                step_(out, weights, f)
+            ctx.save_for_backward(wv, bv, w0, w1, *starts)
+            ctx.kept = 0
+        ctx.fired, ctx.segment = fired, segment
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        wv, bv, w0, w1, *rest = ctx.saved_tensors
+        weights = StepWeights(wv, bv, w0, w1)
+        grads = [torch.zeros_like(t) for t in weights]
+        grad = grad_out.contiguous().clone()  # (B, H, W, C), updated in place step by step
+        if ctx.segment is None:
+            saved = [_Saved(*rest[4 * i:4 * i + 4]) for i in range(ctx.kept)]
+            for s in reversed(saved):
+                step_backward_(grad, s, weights, grads)
+        else:
+            fired, k = ctx.fired, ctx.segment
+            for j in reversed(range(len(rest))):
+                state = rest[j].clone()
+                saved = [step_(state, weights, f, keep=True) for f in fired[j * k:(j + 1) * k]]
+                for s in reversed(saved):
+                    step_backward_(grad, s, weights, grads)
+                del saved
+        return (grad, *grads, None, None)
+
+
+def run_steps(state: Tensor, weights: StepWeights, fired: Iterable[Tensor], segment: int | None = None) -> Tensor:
+    """Steps on a (B, H, W, C) state, one list of firing cells per step.
+
+    Differentiable with respect to ``state`` and ``weights``; with no gradient needed, the steps
+    run in place on a copy of ``state`` and keep nothing.
+
+    Args:
+        state: (B, H, W, C) contiguous channels-last state (not modified).
+        weights: The packed weights.
+        fired: Per step, (F,) distinct indices of the firing cells in the flattened (B, H, W) grid;
+            without a gradient it is consumed one step at a time (so a generator draws lazily).
+        segment: Gradient checkpointing: keep the state every ``segment`` steps and recompute the
+            steps in between in backward (None: keep every step's intermediates).
+
+    Returns:
+        (B, H, W, C) state after the steps; channel 0 unchanged.
+    """
+    if segment is not None and segment < 1:
+        raise ValueError(f"segment must be >= 1, got {segment}")
+    needs_grad = torch.is_grad_enabled() and (state.requires_grad or any(t.requires_grad for t in weights))
+    if not needs_grad:
+        out = state.clone()
+        for f in fired:
+            step_(out, weights, f)
+        return out
+    return _Steps.apply(state, *weights, list(fired), segment)

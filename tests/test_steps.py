@@ -1,0 +1,93 @@
+"""mednca.steps.run_steps: the fused run of steps equals the plain steps, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mednca.nca import NCALevel
+from mednca.steps import StepWeights, run_steps
+
+C, HIDDEN = 5, 9
+
+
+def _level(seed: int = 0) -> NCALevel:
+    level = NCALevel(C, HIDDEN, fire_rate=0.5)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in level.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return level
+
+
+def _masks(level: NCALevel, x: torch.Tensor, steps: int, seed: int = 4) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [level.fire_mask(x, g) for _ in range(steps)]
+
+
+def _dense(level: NCALevel, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    for m in masks:
+        x = level.step_dense(x, m)
+    return x
+
+
+def _fused(level: NCALevel, x: torch.Tensor, masks: list[torch.Tensor], segment: int | None) -> torch.Tensor:
+    state = x.permute(0, 2, 3, 1).contiguous()
+    fired = [NCALevel.fired(m) for m in masks]
+    out = run_steps(state, StepWeights(*level.packed_weights()), fired, segment)
+    return out.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("segment", [None, 1, 2, 3, 6, 10])
+@pytest.mark.parametrize("chunk", [4096, 7])
+def test_run_steps_matches_dense_steps_outputs_and_gradients(segment, chunk, monkeypatch):
+    monkeypatch.setattr("mednca.steps.CHUNK", chunk)
+    level = _level()
+    x = torch.randn((2, C, 7, 6), generator=torch.Generator().manual_seed(1))
+    masks = _masks(level, x, 6)
+    weight = torch.randn((2, C, 7, 6), generator=torch.Generator().manual_seed(2))
+    results = []
+    for run in (lambda x: _dense(level, x, masks), lambda x: _fused(level, x, masks, segment)):
+        xi = x.clone().requires_grad_(True)
+        level.zero_grad()
+        out = run(xi)
+        (out * weight).sum().backward()
+        results.append((out.detach(), xi.grad, [p.grad.clone() for p in level.parameters()]))
+    (out_d, gx_d, gp_d), (out_f, gx_f, gp_f) = results
+    assert torch.allclose(out_f, out_d, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out_f[:, 0], x[:, 0])
+    assert torch.allclose(gx_f, gx_d, atol=1e-4, rtol=1e-4)
+    for a, b in zip(gp_f, gp_d):
+        assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
+
+
+def test_run_steps_leaves_its_input_alone_and_draws_lazily_without_grad():
+    level = _level()
+    state = torch.randn((1, 6, 6, C), generator=torch.Generator().manual_seed(3))
+    before = state.clone()
+    drawn = []
+
+    def fired():
+        for _ in range(3):
+            drawn.append(1)
+            yield torch.arange(0, 36, 2)
+
+    with torch.no_grad():
+        out = run_steps(state, StepWeights(*level.packed_weights()), fired())
+    assert torch.equal(state, before)
+    assert len(drawn) == 3 and not torch.equal(out, state)
+
+
+def test_run_steps_with_no_steps_is_a_copy():
+    level = _level()
+    state = torch.randn((1, 4, 4, C), requires_grad=True)
+    out = run_steps(state, StepWeights(*level.packed_weights()), [])
+    assert torch.equal(out, state)
+    out.sum().backward()
+    assert torch.equal(state.grad, torch.ones_like(state))
+
+
+def test_bad_segment_raises():
+    level = _level()
+    with pytest.raises(ValueError, match="segment"):
+        run_steps(torch.zeros((1, 4, 4, C)), StepWeights(*level.packed_weights()), [], segment=0)
