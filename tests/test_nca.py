@@ -168,13 +168,18 @@ def test_gradient_checkpointing_changes_nothing():
 
 def test_packed_weights_follow_the_parameters():
     level = _randomise(NCALevel(C, HIDDEN))
-    wv, bv, w0, w1 = level.packed_weights()
-    assert wv.shape == (2 * C, C, 3, 3) and bv.shape == (2 * C,)
+    wv, w0, w1 = level.packed_weights()
+    assert wv.shape == (2 * C, C, 3, 3)
     assert w0.shape == (HIDDEN, 3 * C + 1) and w1.shape == (C, HIDDEN)
-    assert torch.equal(wv[C:], level.p1.weight) and torch.equal(w0[:, -1], level.fc0.bias)
+    assert torch.equal(wv[C:], level.p1.weight) and torch.equal(w0[:, :3 * C], level.fc0.weight.flatten(1))
     assert torch.equal(w1[0], torch.zeros(HIDDEN)) and torch.equal(w1[1:], level.fc1.weight.flatten(1)[1:])
+    # the views' biases folded into the first layer's: same pre-activations
     x = _state(h=5, w=4)
-    assert torch.equal(level.views(x), level.views(x, (wv, bv, w0, w1)))
+    pre = level.fc0(level.perceive(x))  # (B, hidden, H, W)
+    views = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), wv)
+    feats = torch.cat((x, views, torch.ones_like(x[:, :1])), 1)
+    folded = torch.einsum("kc,bchw->bkhw", w0, feats)
+    assert torch.allclose(folded, pre, atol=1e-5)
 
 
 def test_fire_indices_are_the_fire_mask_cells():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mednca.nca import NCALevel
-from mednca.steps import StepWeights, run_steps
+from mednca.steps import run_steps
 
 C, HIDDEN = 5, 9
 
@@ -34,7 +34,7 @@ def _dense(level: NCALevel, x: torch.Tensor, masks: list[torch.Tensor]) -> torch
 def _fused(level: NCALevel, x: torch.Tensor, masks: list[torch.Tensor], segment: int | None) -> torch.Tensor:
     state = x.permute(0, 2, 3, 1).contiguous()
     fired = [NCALevel.fired(m) for m in masks]
-    out = run_steps(state, StepWeights(*level.packed_weights()), fired, segment)
+    out = run_steps(state, level.packed_weights(), fired, segment)
     return out.permute(0, 3, 1, 2)
 
 
@@ -73,7 +73,7 @@ def test_run_steps_leaves_its_input_alone_and_draws_lazily_without_grad():
             yield torch.arange(0, 36, 2)
 
     with torch.no_grad():
-        out = run_steps(state, StepWeights(*level.packed_weights()), fired())
+        out = run_steps(state, level.packed_weights(), fired())
     assert torch.equal(state, before)
     assert len(drawn) == 3 and not torch.equal(out, state)
 
@@ -81,7 +81,7 @@ def test_run_steps_leaves_its_input_alone_and_draws_lazily_without_grad():
 def test_run_steps_with_no_steps_is_a_copy():
     level = _level()
     state = torch.randn((1, 4, 4, C), requires_grad=True)
-    out = run_steps(state, StepWeights(*level.packed_weights()), [])
+    out = run_steps(state, level.packed_weights(), [])
     assert torch.equal(out, state)
     out.sum().backward()
     assert torch.equal(state.grad, torch.ones_like(state))
@@ -90,4 +90,4 @@ def test_run_steps_with_no_steps_is_a_copy():
 def test_bad_segment_raises():
     level = _level()
     with pytest.raises(ValueError, match="segment"):
-        run_steps(torch.zeros((1, 4, 4, C)), StepWeights(*level.packed_weights()), [], segment=0)
+        run_steps(torch.zeros((1, 4, 4, C)), level.packed_weights(), [], segment=0)

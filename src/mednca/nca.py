@@ -61,28 +61,32 @@ class NCALevel(nn.Module):
         """(B, C, H, W) state -> (B, 3C, H, W): the cell itself and its two learned 3x3 views."""
         return torch.cat((x, self.views(x)), 1)
 
-    def packed_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The weights as one step uses them, packed once per run of the level (not per step).
+    def packed_weights(self) -> StepWeights:
+        """The weights as a step of :func:`mednca.steps.run_steps` uses them, packed once per run
+        of the level (not per step); differentiable.
+
+        The perception filters' biases are folded into the first layer's bias (the first layer
+        is linear in the views): ``w0 @ [x, conv(x) + bv, 1] == w0' @ [x, conv(x), 1]`` with
+        ``w0'``'s bias column ``b0 + w0[:, C:3C] @ bv``; so a step's conv has no bias.
 
         Returns:
-            ``(wv, bv, w0, w1)``: both perception filters stacked (2C, C, 3, 3) and their biases
-            (2C,); the first layer with its bias as the last column (hidden, 3C + 1); the second
-            layer (C, hidden) with row 0 (the image channel's update) zero.
+            :class:`~mednca.steps.StepWeights`: both perception filters stacked (2C, C, 3, 3); the
+            first layer with its folded bias as the last column (hidden, 3C + 1); the second layer
+            (C, hidden) with row 0 (the image channel's update) zero.
         """
+        c = self.channels
         wv = torch.cat((self.p0.weight, self.p1.weight), 0)
         bv = torch.cat((self.p0.bias, self.p1.bias), 0)
-        w0 = torch.cat((self.fc0.weight.flatten(1), self.fc0.bias[:, None]), 1)
+        fc0 = self.fc0.weight.flatten(1)  # (hidden, 3C)
+        w0 = torch.cat((fc0, (self.fc0.bias + fc0[:, c:] @ bv)[:, None]), 1)
         w1 = self.fc1.weight.flatten(1)
         w1 = torch.cat((w1.new_zeros((1, w1.shape[1])), w1[1:]), 0)  # row 0 zero: the image is never updated
-        return wv, bv, w0, w1
+        return StepWeights(wv, w0, w1)
 
-    def views(self, x: Tensor, weights: tuple[Tensor, ...] | None = None) -> Tensor:
-        """(B, C, H, W) state -> (B, 2C, H, W): the two learned 3x3 views, reflect padding.
-
-        Both perception convs run as one conv with stacked filters (same math, one pass); a
-        channels-last input gives a channels-last output. ``weights`` are
-        :meth:`packed_weights` (packed here if not given)."""
-        wv, bv = (weights or self.packed_weights())[:2]
+    def views(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) state -> (B, 2C, H, W): the two learned 3x3 views, reflect padding."""
+        wv = torch.cat((self.p0.weight, self.p1.weight), 0)
+        bv = torch.cat((self.p0.bias, self.p1.bias), 0)
         return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), wv, bv)
 
     def update(self, x: Tensor) -> Tensor:
@@ -127,7 +131,7 @@ class NCALevel(nn.Module):
             mask: (B, 1, H, W) fire mask from :meth:`fire_mask`.
         """
         state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
-        out = run_steps(state, StepWeights(*self.packed_weights()), [self.fired(mask)])
+        out = run_steps(state, self.packed_weights(), [self.fired(mask)])
         return out.permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: Tensor, steps: int, generator: torch.Generator | None = None,
@@ -145,5 +149,5 @@ class NCALevel(nn.Module):
         state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): channels-last for the whole level
         # the same random numbers as fire_mask(x) per step, in step order
         fired = (self.fire_indices(x, generator) for _ in range(steps))
-        state = run_steps(state, StepWeights(*self.packed_weights()), fired, CHECKPOINT_SEGMENT if checkpoint else None)
+        state = run_steps(state, self.packed_weights(), fired, CHECKPOINT_SEGMENT if checkpoint else None)
         return state.permute(0, 3, 1, 2).contiguous()

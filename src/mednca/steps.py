@@ -2,9 +2,10 @@
 
 One step on a channels-last state (N = B*H*W cells of C channels):
 
-1. ``seen``: the two learned 3x3 views of every cell, one conv on the reflect-padded state;
+1. ``seen``: the two learned 3x3 views of every cell, one conv (no bias) on the reflect-padded
+   state;
 2. the F firing cells' perception vectors ``[cell, seen, 1]`` (the ones column carries the
-   first layer's bias) are gathered and run through ``relu(feats @ w0.T) @ w1.T`` in
+   first layer's bias, into which the views' biases are folded) are gathered and run through ``relu(feats @ w0.T) @ w1.T`` in
    cache-sized chunks;
 3. the result is added to those cells, in place.
 
@@ -34,14 +35,12 @@ class StepWeights(NamedTuple):
     """The weights as a step uses them (see :meth:`mednca.nca.NCALevel.packed_weights`).
 
     Attributes:
-        wv: (2C, C, 3, 3) both perception filters stacked.
-        bv: (2C,) their biases.
+        wv: (2C, C, 3, 3) both perception filters stacked (their biases folded into w0's).
         w0: (hidden, 3C + 1) first layer, its bias as the last column.
         w1: (C, hidden) second layer (no bias), row 0 zero: the image channel is never updated.
     """
 
     wv: Tensor
-    bv: Tensor
     w0: Tensor
     w1: Tensor
 
@@ -55,15 +54,15 @@ class _Saved(NamedTuple):
     fired: Tensor  # (F,) the firing cells' indices
 
 
-def views(state: Tensor, wv: Tensor, bv: Tensor) -> tuple[Tensor, Tensor]:
-    """The two learned 3x3 views of every cell of a (B, H, W, C) channels-last state.
+def views(state: Tensor, wv: Tensor) -> tuple[Tensor, Tensor]:
+    """The two learned 3x3 views (without bias) of every cell of a (B, H, W, C) channels-last state.
 
     Returns:
         ``(seen, padded)``: (B*H*W, 2C) views and the (B, C, H+2, W+2) reflect-padded state
         (channels-last in memory) they were computed from.
     """
     padded = F.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect")
-    seen = F.conv2d(padded, wv, bv)  # (B, 2C, H, W), channels-last in memory
+    seen = F.conv2d(padded, wv)  # (B, 2C, H, W), channels-last in memory
     return seen.permute(0, 2, 3, 1).reshape(-1, wv.shape[0]), padded
 
 
@@ -77,20 +76,20 @@ def step_(state: Tensor, weights: StepWeights, fired: Tensor, keep: bool = False
         keep: Return what backward needs of this step.
     """
     c = state.shape[-1]
-    wv, bv, w0, w1 = weights
-    seen, padded = views(state, wv, bv)
+    wv, w0, w1 = weights
+    seen, padded = views(state, wv)
     cells = state.view(-1, c)
+    dx = cells.index_select(0, fired)  # (F, C): the firing cells, then + their update
     feats = cells.new_empty((fired.shape[0], w0.shape[1]))  # (F, 3C+1): [cell, seen, 1]
-    torch.index_select(cells, 0, fired, out=feats[:, :c])
+    feats[:, :c].copy_(dx)
     torch.index_select(seen, 0, fired, out=feats[:, c:3 * c])
     feats[:, 3 * c:].fill_(1.0)
     hidden = feats.new_empty((feats.shape[0], w0.shape[0])) if keep else None
-    dx = feats.new_empty((feats.shape[0], c))  # (F, C)
     w0t, w1t = w0.t(), w1.t()
     for s in range(0, feats.shape[0], CHUNK):
         h = torch.mm(feats[s:s + CHUNK], w0t, out=None if hidden is None else hidden[s:s + CHUNK]).relu_()
-        torch.mm(h, w1t, out=dx[s:s + CHUNK])
-    cells.index_copy_(0, fired, dx.add_(feats[:, :c]))  # fired indices are distinct
+        dx[s:s + CHUNK].addmm_(h, w1t)
+    cells.index_copy_(0, fired, dx)  # fired indices are distinct
     return _Saved(padded, feats, hidden, fired) if keep else None
 
 
@@ -100,41 +99,45 @@ def step_backward_(grad: Tensor, saved: _Saved, weights: StepWeights, grads: lis
     ``grads`` (same order as ``weights``)."""
     b, h, w, c = grad.shape
     padded, feats, hidden, fired = saved
-    wv, _, w0, w1 = weights
-    g_wv, g_bv, g_w0, g_w1 = grads
+    wv, w0, w1 = weights
+    g_wv, g_w0, g_w1 = grads
     g = grad.view(-1, c)
     go_all = g.index_select(0, fired)  # (F, C)
-    g_feats = torch.empty_like(feats)
+    g_seen_rows = go_all.new_empty((feats.shape[0], 2 * c))  # (F, 2C)
+    w0x, w0v = w0[:, :c], w0[:, c:3 * c]
     for s in range(0, feats.shape[0], CHUNK):
         f, go, hid = feats[s:s + CHUNK], go_all[s:s + CHUNK], hidden[s:s + CHUNK]
         g_w1.addmm_(go.t(), hid)
         g_hidden = torch.ops.aten.threshold_backward(go @ w1, hid, 0)  # ReLU's gradient, one op
         g_w0.addmm_(g_hidden.t(), f)
-        torch.mm(g_hidden, w0, out=g_feats[s:s + CHUNK])
-    # the identity path plus the update's path, at the firing rows
-    g.index_copy_(0, fired, go_all.add_(g_feats[:, :c]))
+        torch.mm(g_hidden, w0v, out=g_seen_rows[s:s + CHUNK])
+        go.addmm_(g_hidden, w0x)  # the identity path plus the update's path
+    g.index_copy_(0, fired, go_all)
     # the views: only the firing cells' rows have a gradient
-    g_seen_rows = g_feats[:, c:3 * c]
-    g_bv.add_(g_seen_rows.sum(0))
     g_seen = g.new_zeros((b, h, w, 2 * c))
     g_seen.view(-1, 2 * c).index_copy_(0, fired, g_seen_rows)
     g_padded, g_conv, _ = torch.ops.aten.convolution_backward(
         g_seen.permute(0, 3, 1, 2), padded, wv, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
         [True, True, False])
     g_wv.add_(g_conv)
-    g_in = torch.ops.aten.reflection_pad2d_backward(g_padded, grad.permute(0, 3, 1, 2), [1, 1, 1, 1])
-    grad.add_(g_in.permute(0, 2, 3, 1))
+    # reflect padding's backward: fold the border rows, then columns, onto the cells they copied
+    gp = g_padded.permute(0, 2, 3, 1)  # (B, H+2, W+2, C)
+    gp[:, 2].add_(gp[:, 0])
+    gp[:, h - 1].add_(gp[:, h + 1])
+    gp[:, :, 2].add_(gp[:, :, 0])
+    gp[:, :, w - 1].add_(gp[:, :, w + 1])
+    grad.add_(gp[:, 1:h + 1, 1:w + 1])
 
 
 class _Steps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, state: Tensor, wv: Tensor, bv: Tensor, w0: Tensor, w1: Tensor,
+    def forward(ctx, state: Tensor, wv: Tensor, w0: Tensor, w1: Tensor,
                 fired: list[Tensor], segment: int | None) -> Tensor:
-        weights = StepWeights(wv, bv, w0, w1)
+        weights = StepWeights(wv, w0, w1)
         out = state.clone()
         if segment is None:  # keep every step's intermediates
             kept = [step_(out, weights, f, keep=True) for f in fired]
-            ctx.save_for_backward(wv, bv, w0, w1, *(t for s in kept for t in s))
+            ctx.save_for_backward(wv, w0, w1, *(t for s in kept for t in s))
             ctx.kept = len(kept)
         else:  # keep the state at the start of every segment
             starts = []
@@ -142,15 +145,15 @@ class _Steps(torch.autograd.Function):
                 if i % segment == 0:
                     starts.append(out.clone())
                 step_(out, weights, f)
-            ctx.save_for_backward(wv, bv, w0, w1, *starts)
+            ctx.save_for_backward(wv, w0, w1, *starts)
             ctx.kept = 0
         ctx.fired, ctx.segment = fired, segment
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        wv, bv, w0, w1, *rest = ctx.saved_tensors
-        weights = StepWeights(wv, bv, w0, w1)
+        wv, w0, w1, *rest = ctx.saved_tensors
+        weights = StepWeights(wv, w0, w1)
         grads = [torch.zeros_like(t) for t in weights]
         grad = grad_out.contiguous().clone()  # (B, H, W, C), updated in place step by step
         if ctx.segment is None:
