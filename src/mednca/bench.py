@@ -284,11 +284,17 @@ def bench_cases(quick: bool = False) -> list[Case]:
         Case("train-prostate-c32", "train", cfg("prostate", channels=c32, steps=steps, image_size=prost,
                                                patch_size=pp, batch_size=2 if quick else 20),
              note="prostate, 32 ch"),
-        # Batch 20 at 64 steps needs tens of GB of activations on a CPU (either implementation); the
-        # memory guard then aborts it cleanly. Batch 4 is the same setting at a size that fits.
+        # Batch 20 at 64 steps needs tens of GB of activations without gradient checkpointing (the
+        # plain implementation; the memory guard then aborts it cleanly). Batch 4 is the same
+        # setting at a size that fits: without checkpointing, as the plain implementation runs,
+        # and with it, as the prostate preset trains (same math, about one more forward pass).
         Case("train-prostate-c32-b4", "train", cfg("prostate", channels=c32, steps=steps, image_size=prost,
-                                                  patch_size=pp, batch_size=1 if quick else 4),
-             note="prostate, 32 ch, batch 4"),
+                                                  patch_size=pp, batch_size=1 if quick else 4,
+                                                  grad_checkpoint=False),
+             note="prostate, 32 ch, batch 4, no checkpointing (as plain)"),
+        Case("train-prostate-c32-b4-ckpt", "train", cfg("prostate", channels=c32, steps=steps, image_size=prost,
+                                                       patch_size=pp, batch_size=1 if quick else 4),
+             note="prostate, 32 ch, batch 4, gradient checkpointing (the preset)"),
         Case("infer-slice64", "infer", cfg("hippocampus", channels=c16, steps=steps, image_size=hippo,
                                           patch_size=hp, batch_size=1), note="one 64² slice, 16 ch"),
         Case("infer-volume", "infer", cfg("hippocampus", channels=c16, steps=steps, image_size=hippo,
