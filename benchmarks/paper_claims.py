@@ -41,6 +41,7 @@ from mednca.evaluate import evaluate_run
 from mednca.report import make_report
 from mednca.robustness import run_robustness
 from mednca.cli import flush_denormals
+from mednca.memory import retain_freed_memory
 from mednca.train import train
 
 MODELS = ("mednca", "unet", "unet-small")
@@ -176,6 +177,7 @@ def main() -> None:
                         help="Markdown file whose claims section is replaced (default benchmarks/RESULTS.md)")
     args = parser.parse_args()
     flush_denormals()  # as mednca's commands do
+    retain_freed_memory()  # likewise
 
     t_start = time.perf_counter()
     claims = args.out / f"claims-{args.task}"

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mednca.cli import flush_denormals
+from mednca.memory import retain_freed_memory
 from mednca.config import MedNCAConfig, parse_override
 from mednca.evaluate import evaluate_run
 from mednca.train import train
@@ -62,6 +63,7 @@ def main() -> None:
                         help="stochastic passes at test time; several values evaluate each (default 1)")
     args = parser.parse_args()
     flush_denormals()  # as `mednca train` does (the library's train() leaves the process setting alone)
+    retain_freed_memory()  # likewise
 
     data, split = TASKS[args.task]
     preset = args.preset or args.task

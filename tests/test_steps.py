@@ -61,6 +61,23 @@ def test_run_steps_matches_dense_steps_outputs_and_gradients(segment, chunk, mon
         assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("h, w", [(2, 2), (2, 3), (3, 2), (5, 2)])
+def test_run_steps_gradients_on_the_smallest_grids(h, w):
+    """Reflect padding's backward folds the borders back: on 2-pixel sides every cell is a border cell."""
+    level = _level(seed=2)
+    x = torch.randn((3, C, h, w), generator=torch.Generator().manual_seed(6))
+    masks = _masks(level, x, 3, seed=7)
+    weight = torch.randn((3, C, h, w), generator=torch.Generator().manual_seed(8))
+    grads = []
+    for run in (lambda x: _dense(level, x, masks), lambda x: _fused(level, x, masks, None)):
+        xi = x.clone().requires_grad_(True)
+        level.zero_grad()
+        (run(xi) * weight).sum().backward()
+        grads.append([xi.grad] + [p.grad.clone() for p in level.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item(), rtol=1e-4)
+
+
 def test_run_steps_leaves_its_input_alone_and_draws_lazily_without_grad():
     level = _level()
     state = torch.randn((1, 6, 6, C), generator=torch.Generator().manual_seed(3))

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from .config import MedNCAConfig
 from .errors import MedNCAError
 from .losses import dice_bce_loss
-from .memory import peak_rss_mb
+from .memory import peak_rss_mb, retain_freed_memory
 from .model import MedNCA
 from .version import __version__
 
@@ -447,6 +447,7 @@ class Options:
     max_rss_mb: float = 0.0  # 0: no limit
     seed: int = 0
     flush_denormal: bool = True  # torch.set_flush_denormal in every measurement (both implementations)
+    retain_memory: bool = True  # mednca.memory.retain_freed_memory in every measurement (both implementations)
 
     @property
     def min_repeats(self) -> int:
@@ -467,6 +468,8 @@ class Options:
             args += ["--data", str(self.data)]
         if not self.flush_denormal:
             args.append("--keep-denormals")
+        if not self.retain_memory:
+            args.append("--release-memory")
         return args
 
 
@@ -504,6 +507,8 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(opts.flush_denormal)
+    if opts.retain_memory:
+        retain_freed_memory()
     _start_memory_watchdog(opts.max_rss_mb)
     images, labels, volume, info = _inputs(case, opts.data)
     out: dict[str, Any] = {"case": name, "impl": impl, "threads": torch.get_num_threads(),
@@ -699,7 +704,7 @@ def run_benchmark(opts: Options, only: Sequence[str] | None = None, json_out: st
                  "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
                  "quick": opts.quick, "min_repeats": opts.min_repeats, "budget_s": opts.budget,
                  "warmup": opts.warmup, "max_rss_mb": opts.max_rss_mb, "seed": opts.seed,
-                 "flush_denormal": opts.flush_denormal,
+                 "flush_denormal": opts.flush_denormal, "retain_memory": opts.retain_memory,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": _loadavg(),
                  "tolerance": {"rtol": RTOL, "atol": ATOL, "grad_rtol": GRAD_RTOL}},
         "matmul": matmul, "cases": [], "ratios": {}}
@@ -813,7 +818,9 @@ def markdown(results: dict[str, Any]) -> str:
              "torch included). GFLOP/s = all-cell FLOPs / time (training = 3× forward), % of the matmul rate in "
              "brackets. Δ = max |mednca − plain| over the output (same weights, same fire masks). Denormal floats "
              + ("flushed to zero in both implementations (as mednca's commands do)."
-                if meta.get("flush_denormal", False) else "kept (--keep-denormals)."), ""]
+                if meta.get("flush_denormal", False) else "kept (--keep-denormals).")
+             + (" Freed memory kept by malloc for reuse in both implementations (as mednca's commands do)."
+                if meta.get("retain_memory", False) else ""), ""]
     cases = results["cases"]
 
     def table(title: str, rows: list[dict], grads: bool) -> None:
@@ -916,7 +923,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    budget_s=getattr(args, "budget", None), warmup=getattr(args, "warmup", 1) or 0,
                    threads=getattr(args, "threads", None), data=getattr(args, "data", None),
                    max_rss_mb=gb * 1024 if gb else 0.0,
-                   flush_denormal=not getattr(args, "keep_denormals", False))
+                   flush_denormal=not getattr(args, "keep_denormals", False),
+                   retain_memory=not getattr(args, "release_memory", False))
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -257,6 +257,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-denormals", action="store_true",
                    help="do not flush denormal floats to zero (by default both implementations flush them, "
                         "as mednca's commands do)")
+    p.add_argument("--release-memory", action="store_true",
+                   help="let malloc hand freed memory back to the system (glibc's default; by default both "
+                        "implementations keep it for reuse, as mednca's commands do)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,7 +468,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
-#: Commands that run no network (everything else gets :func:`flush_denormals`).
+#: Commands that run no network (everything else gets :func:`flush_denormals` and
+#: :func:`mednca.memory.retain_freed_memory`).
 LIGHT_COMMANDS = ("download", "presets", "info", "bench")
 
 
@@ -491,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command not in LIGHT_COMMANDS:
             flush_denormals()
+            from .memory import retain_freed_memory
+
+            retain_freed_memory()
         return args.func(args)
     except MedNCAError as exc:
         print(f"mednca: error: {exc}", file=sys.stderr)

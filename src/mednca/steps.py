@@ -5,8 +5,8 @@ One step on a channels-last state (N = B*H*W cells of C channels):
 1. ``seen``: the two learned 3x3 views of every cell, one conv (no bias) on the reflect-padded
    state;
 2. the F firing cells' perception vectors ``[cell, seen, 1]`` (the ones column carries the
-   first layer's bias, into which the views' biases are folded) are gathered and run through ``relu(feats @ w0.T) @ w1.T`` in
-   cache-sized chunks;
+   first layer's bias, into which the views' biases are folded) are gathered and run through
+   ``relu(feats @ w0.T) @ w1.T`` in cache-sized chunks;
 3. the result is added to those cells, in place.
 
 Running all steps of a level inside one :class:`torch.autograd.Function` means no autograd
@@ -50,7 +50,7 @@ class _Saved(NamedTuple):
 
     padded: Tensor  # (B, C, H+2, W+2) channels-last: the reflect-padded state the step read
     feats: Tensor  # (F, 3C+1) the firing cells' perception vectors
-    hidden: Tensor  # (F, hidden) their hidden activations (after the ReLU)
+    hidden: Tensor | None  # (F, hidden) their hidden activations (after the ReLU)
     fired: Tensor  # (F,) the firing cells' indices
 
 

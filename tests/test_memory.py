@@ -1,0 +1,56 @@
+"""mednca.memory: peak RSS of this process, and malloc keeping freed memory for reuse."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mednca.memory import peak_rss_mb, retain_freed_memory
+
+
+def test_peak_rss_grows_with_a_touched_allocation():
+    before = peak_rss_mb()
+    block = bytearray(200 << 20)  # zero-filled: every page touched
+    assert peak_rss_mb() >= before + 150 or before > 200 + 150  # a big earlier peak may already cover it
+    del block
+    assert peak_rss_mb() > 0
+
+
+_PROBE = textwrap.dedent("""
+    import ctypes, sys
+    from pathlib import Path
+    from mednca.memory import retain_freed_memory
+
+    def rss_mb():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    applied = retain_freed_memory() if sys.argv[1] == "retain" else False
+    block = bytearray(24 << 20)  # 24 MiB, touched
+    held = rss_mb()
+    del block
+    print(applied, round(held - rss_mb(), 1))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_retain_freed_memory_keeps_a_freed_block_resident():
+    def freed(mode: str) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True)
+        applied, dropped = out.stdout.split()
+        return applied, float(dropped)
+
+    applied, dropped = freed("retain")
+    assert applied == "True"
+    assert dropped < 8  # the 24 MiB stayed with the process
+    applied, dropped = freed("default")
+    assert applied == "False" and dropped > 16  # glibc's default hands it back
+
+
+def test_retain_freed_memory_says_whether_it_applied():
+    expected = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert retain_freed_memory() is expected
