@@ -138,6 +138,16 @@ def test_evaluate_run(trained, capsys) -> None:
     assert sorted(p.name for p in (run / "predictions_test").iterdir()) == [f"{c}.nii.gz" for c in split["test"]]
 
 
+def test_evaluate_run_writes_results_where_asked(trained, tmp_path: Path, capsys) -> None:
+    _, run = trained
+    (run / "eval_test.json").write_text("{}")  # an earlier result stays as it was
+    out = tmp_path / "elsewhere" / "eval.json"
+    assert main(["evaluate", str(run), "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert json.loads(out.read_text())["split"] == "test" and out.with_suffix(".csv").is_file()
+    assert (run / "eval_test.json").read_text() == "{}"
+
+
 def test_predict_refuses_existing_output(trained, tmp_path: Path, capsys) -> None:
     data, run = trained
     out = tmp_path / "m.nii.gz"

@@ -141,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise MedNCAError("give either a RUN folder or --pred and --gt, not both")
         results, path = evaluate_run(args.run, args.split, data_dir=args.data, ensemble=args.ensemble,
                                      seed=args.seed, overwrite=args.overwrite,
-                                     progress=_case_progress(f"evaluate {args.split}"))
+                                     progress=_case_progress(f"evaluate {args.split}"), output=args.output)
     else:
         if not (args.pred and args.gt and args.output):
             raise MedNCAError("evaluate needs a RUN folder, or --pred DIR --gt DIR -o results.json")
@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="task folder of RUN (default: the one it was trained on)")
     p.add_argument("--pred", help="folder of predicted masks ({case}.nii.gz)")
     p.add_argument("--gt", help="folder of reference labels (or a task folder with labelsTr/)")
-    p.add_argument("-o", "--output", help="results JSON (a CSV is written beside it)")
+    p.add_argument("-o", "--output", help="results JSON, a CSV is written beside it (default for RUN: "
+                   "RUN/eval_SPLIT.json; its masks go to RUN/predictions_SPLIT/ either way)")
     p.add_argument("--label", type=int, help="label value to score (default: all labels > 0 merged)")
     p.add_argument("--ensemble", type=_positive_int, default=1, metavar="K", help="stochastic passes for RUN (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fire masks for RUN (default 0)")

@@ -119,10 +119,12 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_json: str | P
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Path | None = None,
                  ensemble: int = 1, seed: int = 0, overwrite: bool = False,
-                 progress: Callable[[int, int, str], None] | None = None) -> tuple[dict, Path]:
+                 progress: Callable[[int, int, str], None] | None = None,
+                 output: str | Path | None = None) -> tuple[dict, Path]:
     """Predict a run's ``split`` cases with its best checkpoint and evaluate them.
 
-    Writes masks to ``RUN/predictions_{split}/`` and results to ``RUN/eval_{split}.json`` (+ CSV).
+    Writes masks to ``RUN/predictions_{split}/`` and results to ``output`` (default
+    ``RUN/eval_{split}.json``), with a CSV beside it.
     With ``ensemble >= 2`` each case also gets a ground-truth-free ``quality`` score and the
     results a ``quality`` block (Spearman vs Dice, failures caught; see :mod:`mednca.quality`).
 
@@ -146,7 +148,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
     cases = [c for c in find_cases(data_dir, model.config.channel) if c.case_id in wanted]
     if len(cases) != len(wanted):
         raise DataError(f"{len(wanted) - len(cases)} {split} case(s) of the run are missing in {data_dir}")
-    out_json = run_dir / f"eval_{split}.json"
+    out_json = Path(output) if output is not None else run_dir / f"eval_{split}.json"
     check_output(out_json, overwrite)
     pred_dir = run_dir / f"predictions_{split}"
     pairs = []
