@@ -35,8 +35,8 @@ class MedNCAConfig:
         patch_size: Side of the level-2 patch trained on per sample (level 2 sees the whole image
             at inference).
         grad_checkpoint: Keep the NCA state only every 4 steps for backward and recompute the
-            steps in between then (training memory ~ steps / 4 + 4 x 5 states instead of ~5
-            states per step; about a third more compute).
+            steps in between then (training memory ~ steps / 4 states plus 4 steps'
+            intermediates instead of every step's, ~4-7 states each; about a third more compute).
         model: The network: ``"mednca"`` (default), ``"unet"`` (the paper's 2D UNet baseline,
             5 levels, 64 base channels, ~31 M parameters) or ``"unet-small"`` (the same UNet
             with ~31 k parameters, about Med-NCA's size); see :mod:`mednca.baselines`. UNets

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from .steps import StepWeights, run_steps
 
 #: Steps per gradient-checkpointing segment: the state is kept every this many steps, and the
-#: steps in between are recomputed in backward (with their intermediates, ~4 states per step).
+#: steps in between are recomputed in backward. A step's intermediates (the padded state, the firing
+#: cells' perception vectors and hidden activations) take ~4-7 states' memory (32-16 channels).
 CHECKPOINT_SEGMENT = 4
 
 
@@ -141,8 +142,8 @@ class NCALevel(nn.Module):
         Args:
             checkpoint: In training, keep only the state at every ``CHECKPOINT_SEGMENT``-th step
                 for backward and recompute the steps in between then (gradient checkpointing):
-                memory ~ (steps / segment + segment x ~4) states instead of ~4 states per step,
-                for about a third more compute.
+                memory ~ steps / segment states plus one segment's intermediates instead of
+                every step's intermediates (~4-7 states each), for about a third more compute.
         """
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected a (B, {self.channels}, H, W) state, got {tuple(x.shape)}")
