@@ -108,3 +108,29 @@ def test_bad_segment_raises():
     level = _level()
     with pytest.raises(ValueError, match="segment"):
         run_steps(torch.zeros((1, 4, 4, C)), level.packed_weights(), [], segment=0)
+
+
+@pytest.mark.parametrize("segment", [None, 2])
+def test_run_steps_backward_passes_gradcheck_in_double_precision(segment):
+    """The hand-written backward against finite differences, every input at once."""
+    g = torch.Generator().manual_seed(11)
+    c, hidden = 3, 4
+    state = torch.randn((2, 3, 4, c), generator=g, dtype=torch.float64, requires_grad=True)
+    wv = (torch.randn((2 * c, c, 3, 3), generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
+    w0 = (torch.randn((hidden, 3 * c + 1), generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
+    w1 = (torch.randn((c, hidden), generator=g, dtype=torch.float64) * 0.3).requires_grad_(True)
+    fired = [torch.randperm(24, generator=g)[:k].sort().values for k in (12, 0, 7)]  # incl. a step without firing cells
+
+    def run(s, a, b, d):
+        from mednca.steps import StepWeights
+
+        return run_steps(s, StepWeights(a, b, d), fired, segment)
+
+    assert torch.autograd.gradcheck(run, (state, wv, w0, w1), eps=1e-6, atol=1e-5)
+
+
+def test_run_steps_follows_the_input_dtype():
+    level = _level().double()
+    state = torch.randn((1, 4, 4, C), dtype=torch.float64)
+    out = run_steps(state, level.packed_weights(), [torch.arange(0, 16, 3)])
+    assert out.dtype == torch.float64
