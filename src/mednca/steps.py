@@ -96,20 +96,22 @@ def step_(state: Tensor, weights: StepWeights, fired: Tensor, keep: bool = False
 def step_backward_(grad: Tensor, saved: _Saved, weights: StepWeights, grads: list[Tensor]) -> None:
     """Back-propagate one step: ``grad`` (B, H, W, C), the loss gradient of the step's output
     state, becomes that of its input state, in place; the weights' gradients are added to
-    ``grads`` (same order as ``weights``)."""
+    ``grads``: ``(g_wv, g_w0.T, g_w1)`` (the first layer's transposed, (3C+1, hidden): a
+    feats.T @ g_hidden product took 16-29 % less time than g_hidden.T @ feats at these shapes)."""
     b, h, w, c = grad.shape
     padded, feats, hidden, fired = saved
     wv, w0, w1 = weights
-    g_wv, g_w0, g_w1 = grads
+    g_wv, g_w0t, g_w1 = grads
     g = grad.view(-1, c)
     go_all = g.index_select(0, fired)  # (F, C)
     g_seen_rows = go_all.new_empty((feats.shape[0], 2 * c))  # (F, 2C)
-    w0x, w0v = w0[:, :c], w0[:, c:3 * c]
+    # contiguous copies (tiny): the products below took ~10 % less time at 32 channels
+    w0x, w0v = w0[:, :c].contiguous(), w0[:, c:3 * c].contiguous()
     for s in range(0, feats.shape[0], CHUNK):
         f, go, hid = feats[s:s + CHUNK], go_all[s:s + CHUNK], hidden[s:s + CHUNK]
         g_w1.addmm_(go.t(), hid)
         g_hidden = torch.ops.aten.threshold_backward(go @ w1, hid, 0)  # ReLU's gradient, one op
-        g_w0.addmm_(g_hidden.t(), f)
+        g_w0t.addmm_(f.t(), g_hidden)
         torch.mm(g_hidden, w0v, out=g_seen_rows[s:s + CHUNK])
         go.addmm_(g_hidden, w0x)  # the identity path plus the update's path
     g.index_copy_(0, fired, go_all)
@@ -154,7 +156,7 @@ class _Steps(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         wv, w0, w1, *rest = ctx.saved_tensors
         weights = StepWeights(wv, w0, w1)
-        grads = [torch.zeros_like(t) for t in weights]
+        grads = [torch.zeros_like(wv), w0.new_zeros((w0.shape[1], w0.shape[0])), torch.zeros_like(w1)]
         grad = grad_out.contiguous().clone()  # (B, H, W, C), updated in place step by step
         if ctx.segment is None:
             saved = [_Saved(*rest[4 * i:4 * i + 4]) for i in range(ctx.kept)]
@@ -168,7 +170,8 @@ class _Steps(torch.autograd.Function):
                 for s in reversed(saved):
                     step_backward_(grad, s, weights, grads)
                 del saved
-        return (grad, *grads, None, None)
+        g_wv, g_w0t, g_w1 = grads
+        return grad, g_wv, g_w0t.t(), g_w1, None, None
 
 
 def run_steps(state: Tensor, weights: StepWeights, fired: Iterable[Tensor], segment: int | None = None) -> Tensor:
