@@ -42,7 +42,7 @@ def retain_freed_memory() -> bool:
     A training iteration allocates and frees its whole working set (the tensors kept for
     backward: ~1 GB at the hippocampus benchmark setting). By default glibc returns large freed
     blocks to the kernel, so every iteration page-faults the same memory in again (zeroed by the
-    kernel): measured here, a prostate batch-4 iteration of 2.1-2.9 s became 1.75 s. With this
+    kernel): measured here, a prostate batch-4 iteration of 2.1-3.0 s became 1.75-1.8 s. With this
     setting blocks up to :data:`MMAP_THRESHOLD` come from the heap and up to
     :data:`TRIM_THRESHOLD` of free heap is kept: the process's resident memory stays near its
     peak instead of falling between iterations (the peak itself does not change).

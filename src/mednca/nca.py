@@ -76,19 +76,20 @@ class NCALevel(nn.Module):
             (C, hidden) with row 0 (the image channel's update) zero.
         """
         c = self.channels
-        wv = torch.cat((self.p0.weight, self.p1.weight), 0)
-        bv = torch.cat((self.p0.bias, self.p1.bias), 0)
+        wv, bv = self._filters()
         fc0 = self.fc0.weight.flatten(1)  # (hidden, 3C)
         w0 = torch.cat((fc0, (self.fc0.bias + fc0[:, c:] @ bv)[:, None]), 1)
         w1 = self.fc1.weight.flatten(1)
         w1 = torch.cat((w1.new_zeros((1, w1.shape[1])), w1[1:]), 0)  # row 0 zero: the image is never updated
         return StepWeights(wv, w0, w1)
 
+    def _filters(self) -> tuple[Tensor, Tensor]:
+        """Both perception filters stacked, (2C, C, 3, 3), and their biases, (2C,)."""
+        return torch.cat((self.p0.weight, self.p1.weight), 0), torch.cat((self.p0.bias, self.p1.bias), 0)
+
     def views(self, x: Tensor) -> Tensor:
         """(B, C, H, W) state -> (B, 2C, H, W): the two learned 3x3 views, reflect padding."""
-        wv = torch.cat((self.p0.weight, self.p1.weight), 0)
-        bv = torch.cat((self.p0.bias, self.p1.bias), 0)
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), wv, bv)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), *self._filters())
 
     def update(self, x: Tensor) -> Tensor:
         """(B, C, H, W) state -> (B, C, H, W) proposed residual update of every cell."""

@@ -140,7 +140,6 @@ class _Steps(torch.autograd.Function):
         if segment is None:  # keep every step's intermediates
             kept = [step_(out, weights, f, keep=True) for f in fired]
             ctx.save_for_backward(wv, w0, w1, *(t for s in kept for t in s))
-            ctx.kept = len(kept)
         else:  # keep the state at the start of every segment
             starts = []
             for i, f in enumerate(fired):
@@ -148,7 +147,6 @@ class _Steps(torch.autograd.Function):
                     starts.append(out.clone())
                 step_(out, weights, f)
             ctx.save_for_backward(wv, w0, w1, *starts)
-            ctx.kept = 0
         ctx.fired, ctx.segment = fired, segment
         return out
 
@@ -159,10 +157,11 @@ class _Steps(torch.autograd.Function):
         grads = [torch.zeros_like(wv), w0.new_zeros((w0.shape[1], w0.shape[0])), torch.zeros_like(w1)]
         grad = grad_out.contiguous().clone()  # (B, H, W, C), updated in place step by step
         if ctx.segment is None:
-            saved = [_Saved(*rest[4 * i:4 * i + 4]) for i in range(ctx.kept)]
+            saved = [_Saved(*rest[4 * i:4 * i + 4]) for i in range(len(ctx.fired))]
             for s in reversed(saved):
                 step_backward_(grad, s, weights, grads)
-        else:
+        else:  # the last segment is rerun too: keeping its intermediates instead raised the peak
+            # of prostate batch-20 training from 1.18 to 1.57 GB (both levels' last segments held)
             fired, k = ctx.fired, ctx.segment
             for j in reversed(range(len(rest))):
                 state = rest[j].clone()
