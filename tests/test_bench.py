@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -114,6 +115,9 @@ def test_cases_and_selection():
     byname = {c.name: c for c in full}
     p = byname["train-prostate-c32"].config
     assert (p.channels, p.hidden, p.steps, p.image_size, p.patch_size, p.batch_size) == (32, 128, 64, 256, 64, 20)
+    assert p.grad_checkpoint  # as the prostate preset trains; the -nockpt twin runs as plain does
+    twin = byname["train-prostate-c32-nockpt"].config
+    assert twin == dataclasses.replace(p, grad_checkpoint=False)
     h = byname["train-hippocampus-c16"].config
     assert (h.channels, h.steps, h.image_size, h.patch_size, h.batch_size) == (16, 64, 64, 16, 48)
     assert byname["volume-default-1thread"].config == MedNCAConfig.preset("hippocampus")

@@ -284,6 +284,12 @@ def bench_cases(quick: bool = False) -> list[Case]:
         Case("train-prostate-c32", "train", cfg("prostate", channels=c32, steps=steps, image_size=prost,
                                                patch_size=pp, batch_size=2 if quick else 20),
              note="prostate, 32 ch"),
+        # The same without gradient checkpointing, as the plain implementation runs (like for like;
+        # mednca then needs ~9 GB, plain ~18.5 GB, which the default memory guard may abort).
+        Case("train-prostate-c32-nockpt", "train", cfg("prostate", channels=c32, steps=steps, image_size=prost,
+                                                      patch_size=pp, batch_size=2 if quick else 20,
+                                                      grad_checkpoint=False),
+             note="prostate, 32 ch, no checkpointing (as plain)"),
         # Batch 20 at 64 steps needs tens of GB of activations without gradient checkpointing (the
         # plain implementation; the memory guard then aborts it cleanly). Batch 4 is the same
         # setting at a size that fits: without checkpointing, as the plain implementation runs,
