@@ -84,7 +84,8 @@ def test_patch_state_is_the_window_of_the_global_state(tiny_config):
         small = model.level1_state(images, _gen(6))
     direct = model.patch_state(small, images, origins)
     assert direct.shape == full.shape
-    assert torch.equal(direct, full.detach())
+    # without a gradient the steps may compose the first layer with the views: other rounding
+    assert torch.allclose(direct, full.detach(), atol=1e-6, rtol=1e-5)
 
 
 def test_patch_origins_uniform_cover_the_image(tiny_config):

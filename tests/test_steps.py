@@ -134,3 +134,57 @@ def test_run_steps_follows_the_input_dtype():
     state = torch.randn((1, 4, 4, C), dtype=torch.float64)
     out = run_steps(state, level.packed_weights(), [torch.arange(0, 16, 3)])
     assert out.dtype == torch.float64
+
+
+def test_composes_when_it_takes_fewer_multiply_adds():
+    from mednca.steps import composes
+
+    assert composes(32, 128) and not composes(16, 128)  # the presets: prostate composes, hippocampus not
+    for c, hidden in [(16, 128), (21, 128), (22, 128), (32, 128), (5, 9), (3, 64)]:
+        composed = 9 * c * hidden
+        conv_then_layer = 2 * (9 * c * 2 * c) + (3 * c + 1) * hidden  # the conv runs on every cell
+        assert composes(c, hidden) == (composed < conv_then_layer)
+
+
+@pytest.mark.parametrize("h, w", [(2, 2), (3, 5), (7, 6)])
+def test_neighbourhood_rows_gather_each_cells_reflect_padded_3x3_block(h, w):
+    from mednca.steps import neighbourhood_rows
+
+    g = torch.Generator().manual_seed(5)
+    state = torch.randn((3, h, w, C), generator=g)
+    fired = torch.randperm(3 * h * w, generator=g)[:2 * h * w // 2]  # any order
+    padded = torch.nn.functional.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect")
+    rows = padded.permute(0, 2, 3, 1).reshape(-1, C)
+    got = rows.index_select(0, neighbourhood_rows(fired, h, w)).view(-1, 3, 3, C)
+    blocks = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # (B, C, H, W, 3, 3)
+    want = blocks.permute(0, 2, 3, 4, 5, 1).reshape(-1, 3, 3, C)[fired]
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("compose", [True, False])
+@pytest.mark.parametrize("chunk", [4096, 7])
+@pytest.mark.parametrize("shape", [(2, 7, 6), (3, 2, 2)])
+def test_inference_steps_match_the_dense_steps_either_way(compose, chunk, shape, monkeypatch):
+    """Without a gradient: the composed first layer and the conv + first layer give the dense steps."""
+    monkeypatch.setattr("mednca.steps.CHUNK", chunk)
+    monkeypatch.setattr("mednca.steps.composes", lambda c, hidden: compose)
+    level = _level(seed=3)
+    b, h, w = shape
+    x = torch.randn((b, C, h, w), generator=torch.Generator().manual_seed(9))
+    masks = _masks(level, x, 5, seed=10)
+    with torch.no_grad():
+        want = _dense(level, x, masks)
+        got = _fused(level, x, masks, None)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[:, 0], x[:, 0])
+
+
+def test_composed_inference_in_double_precision_matches_to_rounding():
+    from mednca.steps import composes
+
+    level = _level(seed=4).double()
+    assert composes(C, HIDDEN)
+    x = torch.randn((2, C, 5, 4), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    masks = _masks(level, x, 4, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(_fused(level, x, masks, None), _dense(level, x, masks), atol=1e-12, rtol=1e-12)
