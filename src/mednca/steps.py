@@ -134,7 +134,7 @@ def step_composed_(state: Tensor, weights: ComposedWeights, fired: Tensor) -> No
     b, h, w, c = state.shape
     cells = state.view(-1, c)
     padded = F.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect").permute(0, 2, 3, 1)
-    padded_rows = padded.reshape(-1, c)  # a view: the padding keeps the channels-last layout
+    padded_rows = padded.reshape(-1, c)  # a view when the padding keeps the channels-last layout
     rows = neighbourhood_rows(fired, h, w)
     dx = cells.index_select(0, fired)  # (F, C): the firing cells, then + their update
     for s in range(0, fired.shape[0], CHUNK):
