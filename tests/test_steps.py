@@ -188,3 +188,12 @@ def test_composed_inference_in_double_precision_matches_to_rounding():
     masks = _masks(level, x, 4, seed=3)
     with torch.no_grad():
         assert torch.allclose(_fused(level, x, masks, None), _dense(level, x, masks), atol=1e-12, rtol=1e-12)
+
+
+def test_composed_inference_step_without_firing_cells_changes_nothing():
+    level = _level(seed=5)
+    state = torch.randn((2, 3, 4, C), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = run_steps(state, level.packed_weights(), [torch.zeros(0, dtype=torch.long), torch.tensor([0, 5, 23])])
+        want = run_steps(state, level.packed_weights(), [torch.tensor([0, 5, 23])])
+    assert torch.equal(out, want)
