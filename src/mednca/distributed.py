@@ -12,6 +12,7 @@ code calling them needs no special case for the non-distributed path.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
@@ -120,9 +121,21 @@ def is_main() -> bool:
     return rank() == 0 if is_initialized() else env_rank() == 0
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op without one)."""
+def cleanup(synchronize: bool = True) -> None:
+    """Leave the process group (no-op without one).
+
+    Args:
+        synchronize: Wait for every rank first (all must call it), so that no rank tears the
+            group down while another still uses it. False on an error path, where the other
+            ranks may never arrive.
+    """
     if is_initialized():
+        # DDP's reducer sits in reference cycles: release it while the group is still alive, not
+        # at interpreter exit (a rank then aborted now and then: "terminate called without an
+        # active exception", SIGABRT, after training had finished)
+        gc.collect()
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -231,12 +231,15 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
                       progress, log, None)
     joined = not D.is_initialized()
     info = D.init_from_env()
+    finished = False
     try:
-        return _train(data_dir, out, config, seed, split_file, max_minutes, epochs, resume, overwrite,
-                      progress, log, info)
+        result = _train(data_dir, out, config, seed, split_file, max_minutes, epochs, resume, overwrite,
+                        progress, log, info)
+        finished = True
+        return result
     finally:
         if joined:
-            D.cleanup()
+            D.cleanup(synchronize=finished)
 
 
 def _train(data_dir, out, config, seed, split_file, max_minutes, epochs, resume, overwrite, progress, log,
