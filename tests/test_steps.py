@@ -152,7 +152,7 @@ def test_neighbourhood_rows_gather_each_cells_reflect_padded_3x3_block(h, w):
 
     g = torch.Generator().manual_seed(5)
     state = torch.randn((3, h, w, C), generator=g)
-    fired = torch.randperm(3 * h * w, generator=g)[:2 * h * w // 2]  # any order
+    fired = torch.randperm(3 * h * w, generator=g)[:h * w]  # a third of the cells, in any order
     padded = torch.nn.functional.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect")
     rows = padded.permute(0, 2, 3, 1).reshape(-1, C)
     got = rows.index_select(0, neighbourhood_rows(fired, h, w)).view(-1, 3, 3, C)

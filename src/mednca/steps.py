@@ -60,6 +60,12 @@ class _Saved(NamedTuple):
     fired: Tensor  # (F,) the firing cells' indices
 
 
+def reflect_padded(state: Tensor) -> Tensor:
+    """(B, H, W, C) channels-last state -> (B, C, H+2, W+2) reflect-padded by one cell, still
+    channels-last in memory."""
+    return F.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect")
+
+
 def views(state: Tensor, wv: Tensor) -> tuple[Tensor, Tensor]:
     """The two learned 3x3 views (without bias) of every cell of a (B, H, W, C) channels-last state.
 
@@ -67,7 +73,7 @@ def views(state: Tensor, wv: Tensor) -> tuple[Tensor, Tensor]:
         ``(seen, padded)``: (B*H*W, 2C) views and the (B, C, H+2, W+2) reflect-padded state
         (channels-last in memory) they were computed from.
     """
-    padded = F.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect")
+    padded = reflect_padded(state)
     seen = F.conv2d(padded, wv)  # (B, 2C, H, W), channels-last in memory
     return seen.permute(0, 2, 3, 1).reshape(-1, wv.shape[0]), padded
 
@@ -133,8 +139,7 @@ def step_composed_(state: Tensor, weights: ComposedWeights, fired: Tensor) -> No
     """
     b, h, w, c = state.shape
     cells = state.view(-1, c)
-    padded = F.pad(state.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="reflect").permute(0, 2, 3, 1)
-    padded_rows = padded.reshape(-1, c)  # a view when the padding keeps the channels-last layout
+    padded_rows = reflect_padded(state).permute(0, 2, 3, 1).reshape(-1, c)  # (B*(H+2)*(W+2), C); a view if channels-last
     rows = neighbourhood_rows(fired, h, w)
     dx = cells.index_select(0, fired)  # (F, C): the firing cells, then + their update
     for s in range(0, fired.shape[0], CHUNK):
