@@ -2,7 +2,7 @@
 
     python benchmarks/ab_train.py train-hippocampus-c16 8 [--no-checkpoint]
 
-Runs a ``train-*`` case of :mod:`mednca.bench` (same weights, same generator seed for both),
+Runs a ``train-*`` case of :mod:`mednca.experiments.bench` (same weights, same generator seed for both),
 one warm-up iteration each, then N iterations of each alternating, and prints the medians and
 their ratio. Denormals are flushed and freed memory kept, as mednca's commands do. Used to
 compare code variants within minutes of each other; the tables come from ``mednca bench``.
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mednca.bench import PlainMedNCA, _inputs, bench_cases, bench_model
-from mednca.cli import flush_denormals
-from mednca.losses import dice_bce_loss
-from mednca.memory import retain_freed_memory
+from mednca.experiments.bench import PlainMedNCA, _inputs, bench_cases, bench_model
+from mednca.runtime import flush_denormals
+from mednca.pipeline.losses import dice_bce_loss
+from mednca.runtime import retain_freed_memory
 
 
 def iteration(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, config):

@@ -4,12 +4,12 @@
     python benchmarks/bench.py --quick                # a smoke run (seconds)
     python benchmarks/bench.py --only 'infer-*'       # a subset (see --list)
 
-The same as ``mednca bench``; everything lives in :mod:`mednca.bench`.
+The same as ``mednca bench``; everything lives in :mod:`mednca.experiments.bench`.
 """
 
 import sys
 
-from mednca.bench import main
+from mednca.experiments.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -77,11 +77,11 @@ def main() -> None:
 
     import numpy as np
 
-    from mednca.bench import bench_model, load_volume
-    from mednca.checkpoint import load_model
+    from mednca.experiments.bench import bench_model, load_volume
+    from mednca import load_model
     from mednca.config import MedNCAConfig
     from mednca.data.slices import image_slices
-    from mednca.export import export_model
+    from mednca.edge.export import export_model
 
     model = load_model(args.checkpoint) if args.checkpoint else bench_model(MedNCAConfig.preset("hippocampus"))
     c = model.config

@@ -2,7 +2,7 @@
 
     python benchmarks/level_parts.py --channels 16 --batch 48 --side 16
 
-Times ``mednca.steps.run_steps`` over 64 steps (forward without gradient, and forward +
+Times ``mednca.nn.steps.run_steps`` over 64 steps (forward without gradient, and forward +
 backward) and, at the same shapes, the perception conv forward and backward and the per-cell
 network's products forward and backward by themselves: the difference is what the steps spend
 outside matrix products (gathers, scatters, element-wise passes, Python).
@@ -17,10 +17,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mednca.cli import flush_denormals
-from mednca.memory import retain_freed_memory
-from mednca.nca import NCALevel
-from mednca.steps import CHUNK, run_steps
+from mednca.runtime import flush_denormals
+from mednca.runtime import retain_freed_memory
+from mednca.nn.level import NCALevel
+from mednca.nn.steps import CHUNK, run_steps
 
 
 def median_ms(fn, n: int) -> float:

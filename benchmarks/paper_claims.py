@@ -35,14 +35,14 @@ import torch
 
 from train_benchmark import HERE, TASKS, trained_seconds
 
-from mednca.compare import compare_runs, write_comparison
+from mednca.experiments.compare import compare_runs, write_comparison
 from mednca.config import MedNCAConfig, parse_override
-from mednca.evaluate import evaluate_run
-from mednca.report import make_report
-from mednca.robustness import run_robustness
-from mednca.cli import flush_denormals
-from mednca.memory import retain_freed_memory
-from mednca.train import train
+from mednca.pipeline.evaluate import evaluate_run
+from mednca.experiments.report import make_report
+from mednca.experiments.robustness import run_robustness
+from mednca.runtime import flush_denormals
+from mednca.runtime import retain_freed_memory
+from mednca.pipeline.train import train
 
 MODELS = ("mednca", "unet", "unet-small")
 #: Slack when deciding whether an existing run already trained for the budget (s).

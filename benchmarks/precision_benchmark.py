@@ -3,12 +3,12 @@
     python benchmarks/precision_benchmark.py [--run benchmarks/out/hippocampus-hippocampus-s0]
 
 For each weight precision (fp32, fp16, int8 with one scale per output channel; see
-:mod:`mednca.quantize`) this
+:mod:`mednca.edge.quantize`) this
 
-1. rounds the run's best checkpoint's weights (:func:`mednca.quantize.round_weights`), predicts
-   the split's test volumes with :func:`mednca.predict.predict_folder` (same seed, so the same fire
+1. rounds the run's best checkpoint's weights (:func:`mednca.edge.quantize.round_weights`), predicts
+   the split's test volumes with :func:`mednca.pipeline.predict.predict_folder` (same seed, so the same fire
    masks for every precision: only the weights differ) and scores them with
-   :func:`mednca.evaluate.evaluate_folders` (Dice on hard 3D masks, the label grid);
+   :func:`mednca.pipeline.evaluate.evaluate_folders` (Dice on hard 3D masks, the label grid);
 2. exports the model to ONNX with those weights (``mednca export --weights P``) and reports the
    file size and the onnxruntime time per 64x64 slice (batch of 35 slices, a typical volume).
 
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mednca.checkpoint import load_model
-from mednca.evaluate import evaluate_folders
-from mednca.export import export_model, onnx_benchmark
-from mednca.predict import predict_folder
-from mednca.quantize import WEIGHT_PRECISIONS, round_weights, weight_stats
+from mednca import load_model
+from mednca.pipeline.evaluate import evaluate_folders
+from mednca.edge.export import export_model, onnx_benchmark
+from mednca.pipeline.predict import predict_folder
+from mednca.edge.quantize import WEIGHT_PRECISIONS, round_weights, weight_stats
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,12 +21,12 @@ import torch
 
 from train_benchmark import TASKS
 
-from mednca.baselines import build_model
+from mednca import build_model
 from mednca.config import MedNCAConfig, parse_override
 from mednca.data.cases import find_cases
 from mednca.data.slices import load_slices
-from mednca.losses import dice_bce_loss
-from mednca.train import epoch_order
+from mednca.pipeline.losses import dice_bce_loss
+from mednca.pipeline.train import epoch_order
 
 
 def main() -> None:

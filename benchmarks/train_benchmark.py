@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from mednca.cli import flush_denormals
-from mednca.memory import retain_freed_memory
+from mednca.runtime import flush_denormals
+from mednca.runtime import retain_freed_memory
 from mednca.config import MedNCAConfig, parse_override
-from mednca.evaluate import evaluate_run
-from mednca.train import train
+from mednca.pipeline.evaluate import evaluate_run
+from mednca.pipeline.train import train
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"

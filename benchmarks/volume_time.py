@@ -1,4 +1,4 @@
-"""Time :func:`mednca.predict.predict_volume` of a preset on a synthetic volume (no data needed).
+"""Time :func:`mednca.pipeline.predict.predict_volume` of a preset on a synthetic volume (no data needed).
 
     python benchmarks/volume_time.py --preset prostate --slices 20 [--save-prob FILE.npy]
 
@@ -18,11 +18,11 @@ import time
 import numpy as np
 import torch
 
-from mednca.cli import flush_denormals
+from mednca.runtime import flush_denormals
 from mednca.config import MedNCAConfig
-from mednca.memory import retain_freed_memory
-from mednca.model import MedNCA
-from mednca.predict import predict_volume
+from mednca.runtime import retain_freed_memory
+from mednca.nn.model import MedNCA
+from mednca.pipeline.predict import predict_volume
 
 
 def main() -> None:

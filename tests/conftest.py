@@ -43,7 +43,7 @@ def train_tiny_run(root: Path) -> tuple[Path, Path]:
     import json
 
     from mednca.data.synthetic import make_synthetic_dataset
-    from mednca.train import train
+    from mednca.pipeline.train import train
 
     data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
     ids = [f"synth_{i:03d}" for i in range(6)]

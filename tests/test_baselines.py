@@ -1,4 +1,4 @@
-"""mednca.baselines: the UNet baselines behind MedNCA's interface, through the same pipeline."""
+"""mednca.nn.unet: the UNet baselines behind MedNCA's interface, through the same pipeline."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mednca.baselines import UNET_FEATURES, UNetBaseline, build_model
-from mednca.checkpoint import load_model
+from mednca.nn.build import build_model, load_model
+from mednca.nn.unet import UNET_FEATURES, UNetBaseline
 from mednca.cli import main
 from mednca.config import MedNCAConfig
 from mednca.errors import CheckpointError, ConfigError
-from mednca.model import MedNCA
+from mednca.nn.model import MedNCA
 
 
 def _small(**overrides) -> MedNCAConfig:
@@ -97,14 +97,15 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     x = torch.rand(2, 1, 16, 16)
     assert torch.equal(model.eval()(x), loaded(x))
     assert isinstance(UNetBaseline.load(path), UNetBaseline)
-    assert isinstance(MedNCA.load(path), UNetBaseline)  # the checkpoint says what it is
+    with pytest.raises(CheckpointError, match="not a MedNCA"):  # MedNCA.load returns a MedNCA or raises
+        MedNCA.load(path)
     nca_path = MedNCA(MedNCAConfig(channels=4, hidden=8)).save(tmp_path / "nca.safetensors")
     with pytest.raises(CheckpointError, match="not a UNet"):
         UNetBaseline.load(nca_path)
 
 
 def test_export_refuses_unet(tmp_path: Path) -> None:
-    from mednca.export import ExportError, export_model
+    from mednca.edge.export import ExportError, export_model
 
     with pytest.raises(ExportError, match="Med-NCA models only"):
         export_model(UNetBaseline(_small()), tmp_path / "m.onnx")
@@ -112,9 +113,9 @@ def test_export_refuses_unet(tmp_path: Path) -> None:
 
 
 def test_train_evaluate_resume(tmp_path: Path, synthetic_task: Path) -> None:
-    from mednca.evaluate import evaluate_run
-    from mednca.predict import predict_file
-    from mednca.train import train
+    from mednca.pipeline.evaluate import evaluate_run
+    from mednca.pipeline.predict import predict_file
+    from mednca.pipeline.train import train
 
     quiet = dict(progress=False, log=lambda s: None)
     result = train(synthetic_task, tmp_path / "run", _small(epochs=2), seed=0, **quiet)

@@ -1,4 +1,4 @@
-"""mednca.bench: the plain reference agrees with MedNCA, FLOP counting, and a --quick CLI run."""
+"""mednca.experiments.bench: the plain reference agrees with MedNCA, FLOP counting, and a --quick CLI run."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from mednca.bench import (Case, Options, PlainMedNCA, bench_cases, bench_model, cell_step_flops, check_case,
+from mednca.experiments.bench import (Case, Options, PlainMedNCA, bench_cases, bench_model, cell_step_flops, check_case,
                           mednca_to_plain_state, model_flops, plain_name, run_one, select_cases)
 from mednca.cli import main
 from mednca.config import MedNCAConfig
 from mednca.errors import MedNCAError
-from mednca.losses import dice_bce_loss
+from mednca.pipeline.losses import dice_bce_loss
 
 
 def _config(**kw) -> MedNCAConfig:

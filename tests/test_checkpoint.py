@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from mednca.checkpoint import read_checkpoint, resolve_checkpoint
 from mednca.config import MedNCAConfig
 from mednca.errors import CheckpointError
-from mednca.model import MedNCA
+from mednca.nn.model import MedNCA
 from mednca.version import CHECKPOINT_FORMAT
 
 

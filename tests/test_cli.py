@@ -276,16 +276,16 @@ def test_network_commands_flush_denormals_and_light_ones_do_not(monkeypatch, tmp
     import torch
 
     import mednca.cli as cli
-    import mednca.memory
+    import mednca.runtime
 
     calls = []
-    monkeypatch.setattr(cli, "flush_denormals", lambda: calls.append("flush"))
-    monkeypatch.setattr(mednca.memory, "retain_freed_memory", lambda: calls.append("retain"))
+    monkeypatch.setattr(mednca.runtime, "flush_denormals", lambda: calls.append("flush"))
+    monkeypatch.setattr(mednca.runtime, "retain_freed_memory", lambda: calls.append("retain"))
     assert cli.main(["presets"]) == 0
     assert calls == []
     # a network command flushes before it runs (here it then fails on a missing checkpoint)
     assert cli.main(["predict", str(tmp_path / "missing.safetensors"), str(tmp_path), "-o", str(tmp_path / "o")]) == 1
     assert calls == ["flush", "retain"]
     monkeypatch.undo()
-    cli.flush_denormals()
+    mednca.runtime.flush_denormals()
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0  # a denormal now reads as zero

@@ -1,4 +1,4 @@
-"""mednca.compare and ``mednca compare``: Med-NCA against a UNet baseline, run folder to table."""
+"""mednca.experiments.compare and ``mednca compare``: Med-NCA against a UNet baseline, run folder to table."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from mednca.cli import main
-from mednca.compare import compare_runs, markdown_table, measure_run_isolated, write_comparison
+from mednca.experiments.compare import compare_runs, markdown_table, measure_run_isolated, write_comparison
 from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_synthetic_dataset
 from mednca.errors import DataError, OutputExistsError
-from mednca.model import MedNCA
+from mednca.nn.model import MedNCA
 
 FIELDS = ("run", "name", "model", "parameters", "checkpoint", "checkpoint_bytes", "dice_mean", "dice_std",
           "hd95_mean_mm", "test_cases", "eval_ensemble", "image_size", "ms_per_slice", "ms_per_volume",
@@ -24,8 +24,8 @@ FIELDS = ("run", "name", "model", "parameters", "checkpoint", "checkpoint_bytes"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path]:
     """(tiny Med-NCA run without eval_test.json, tiny unet-small run with it)."""
-    from mednca.evaluate import evaluate_run
-    from mednca.train import train
+    from mednca.pipeline.evaluate import evaluate_run
+    from mednca.pipeline.train import train
 
     root = tmp_path_factory.mktemp("compare")
     data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mednca.demo import run_demo
+from mednca.pipeline.demo import run_demo
 
 
 def test_demo_runs_and_reports_test_dice(tmp_path):

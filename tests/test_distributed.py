@@ -1,4 +1,4 @@
-"""mednca.distributed and ``train(distributed=True)``: 2 CPU processes (gloo, loopback) via torchrun.
+"""mednca.pipeline.distributed and ``train(distributed=True)``: 2 CPU processes (gloo, loopback) via torchrun.
 
 The two torchrun launches (one through the ``mednca`` command, one through a small script that
 calls ``train`` several times and dumps each rank's final weights) run once per module; the tests
@@ -20,12 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mednca import distributed as D
+from mednca.pipeline import distributed as D
 from mednca.cli import main
 from mednca.config import MedNCAConfig
 from mednca.errors import CheckpointError, MedNCAError
-from mednca.model import MedNCA
-from mednca.train import shard_order, train
+from mednca.nn.model import MedNCA
+from mednca.pipeline.train import shard_order, train
 
 TINY = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4, epochs=2)
 
@@ -33,8 +33,8 @@ TINY = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8,
 SCRIPT = textwrap.dedent('''
     import os, signal, sys, json
     from safetensors.torch import save_file
-    import mednca.train as train_mod
-    from mednca import distributed as D
+    import mednca.pipeline.train as train_mod
+    from mednca.pipeline import distributed as D
     from mednca.config import MedNCAConfig
 
     data, root = sys.argv[1], sys.argv[2]

@@ -14,8 +14,8 @@ import pytest
 from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_synthetic_dataset
 from mednca.errors import DataError, OutputExistsError
-from mednca.evaluate import evaluate_folders, evaluate_run, match_folders
-from mednca.train import train
+from mednca.pipeline.evaluate import evaluate_folders, evaluate_run, match_folders
+from mednca.pipeline.train import train
 
 SHAPE = (6, 6, 4)
 AFFINE = np.diag([2.0, 1.0, 3.0, 1.0])

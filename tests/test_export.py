@@ -20,10 +20,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:D
 from mednca.cli import main  # noqa: E402
 from mednca.config import MedNCAConfig  # noqa: E402
 from mednca.errors import MedNCAError, OutputExistsError  # noqa: E402
-from mednca.export import (ExportError, ExportModule, OnnxSegmenter, draw_noise, export_model,  # noqa: E402
+from mednca.edge.export import (ExportError, ExportModule, OnnxSegmenter, draw_noise, export_model,  # noqa: E402
                            onnx_benchmark)
-from mednca.model import MedNCA  # noqa: E402
-from mednca.predict import predict_slices, predict_volume  # noqa: E402
+from mednca.nn.model import MedNCA  # noqa: E402
+from mednca.pipeline.predict import predict_slices, predict_volume  # noqa: E402
 
 CONFIG = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4,
                       batch_size=4, epochs=1)
@@ -193,7 +193,7 @@ def test_onnx_benchmark_is_callable(onnx_path: Path) -> None:
 def run(tmp_path_factory) -> tuple[Path, Path]:
     """(a NIfTI image, a tiny trained run folder)."""
     from mednca.data.synthetic import make_synthetic_dataset
-    from mednca.train import train
+    from mednca.pipeline.train import train
 
     root = tmp_path_factory.mktemp("export_cli")
     data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))

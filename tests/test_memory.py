@@ -1,4 +1,4 @@
-"""mednca.memory: peak RSS of this process, and malloc keeping freed memory for reuse."""
+"""mednca.runtime: peak RSS of this process, and malloc keeping freed memory for reuse."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from mednca.memory import peak_rss_mb, retain_freed_memory
+from mednca.runtime import peak_rss_mb, retain_freed_memory
 
 
 def test_peak_rss_grows_with_a_touched_allocation():
@@ -23,7 +23,7 @@ def test_peak_rss_grows_with_a_touched_allocation():
 _PROBE = textwrap.dedent("""
     import ctypes, sys
     from pathlib import Path
-    from mednca.memory import retain_freed_memory
+    from mednca.runtime import retain_freed_memory
 
     def rss_mb():
         for line in Path("/proc/self/status").read_text().splitlines():

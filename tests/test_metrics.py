@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mednca.metrics import case_metrics, dice, hd95, summarize, volume_ml
+from mednca.pipeline.metrics import case_metrics, dice, hd95, summarize, volume_ml
 
 
 def mask(shape, *voxels) -> np.ndarray:

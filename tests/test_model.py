@@ -1,4 +1,4 @@
-"""mednca.model.MedNCA: shapes, patch cropping, the level-1 -> level-2 hand-off, determinism."""
+"""mednca.nn.model.MedNCA: shapes, patch cropping, the level-1 -> level-2 hand-off, determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mednca.config import MedNCAConfig
-from mednca.model import MedNCA
+from mednca.nn.model import MedNCA
 
 
 def _randomise(model: MedNCA, seed: int = 0) -> MedNCA:

@@ -1,4 +1,4 @@
-"""mednca.nca.NCALevel: identity at init, fire masks, channel 0 clamping, sparse == dense."""
+"""mednca.nn.level.NCALevel: identity at init, fire masks, channel 0 clamping, sparse == dense."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mednca.nca import NCALevel
+from mednca.nn.level import NCALevel
 
 C, HIDDEN = 6, 12
 
@@ -63,8 +63,8 @@ def test_channel_zero_stays_the_image(grad):
 
 
 @pytest.mark.parametrize("chunk", [4096, 7])
-def test_step_sparse_matches_dense(chunk, monkeypatch):
-    monkeypatch.setattr("mednca.steps.CHUNK", chunk)
+def test_step_matches_dense(chunk, monkeypatch):
+    monkeypatch.setattr("mednca.nn.steps.CHUNK", chunk)
     level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state(h=9, w=7)
     mask = level.fire_mask(x, torch.Generator().manual_seed(5))
@@ -72,7 +72,7 @@ def test_step_sparse_matches_dense(chunk, monkeypatch):
     dense = x + level.update(x) * mask
     dense = torch.cat((x[:, :1], dense[:, 1:]), 1).detach()
     with torch.no_grad():
-        sparse = level.step_sparse(x, mask)
+        sparse = level.step(x, torch.Generator().manual_seed(5))
     assert sparse.shape == x.shape
     assert torch.allclose(sparse, dense, atol=1e-5, rtol=1e-5)
     assert torch.equal(sparse[:, 0], x[:, 0])
@@ -137,7 +137,7 @@ def _grads(level, loss):
 
 @pytest.mark.parametrize("chunk", [4096, 5])
 def test_sparse_step_gradients_match_dense(chunk, monkeypatch):
-    monkeypatch.setattr("mednca.steps.CHUNK", chunk)
+    monkeypatch.setattr("mednca.nn.steps.CHUNK", chunk)
     level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state(h=9, w=7).requires_grad_(True)
     mask = level.fire_mask(x, torch.Generator().manual_seed(5))
@@ -146,7 +146,7 @@ def test_sparse_step_gradients_match_dense(chunk, monkeypatch):
     g_dense = _grads(level, (dense_out * weight).sum())
     gx_dense = x.grad.clone()
     x.grad = None
-    sparse_out = level.step_sparse(x, mask)
+    sparse_out = level.step(x, torch.Generator().manual_seed(5))
     g_sparse = _grads(level, (sparse_out * weight).sum())
     assert torch.allclose(sparse_out, dense_out, atol=1e-5)
     assert torch.allclose(x.grad, gx_dense, atol=1e-5)

@@ -12,8 +12,8 @@ import torch
 from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_case, make_synthetic_dataset
 from mednca.errors import DataError, OutputExistsError
-from mednca.model import MedNCA
-from mednca.predict import predict_file, predict_folder, predict_volume
+from mednca.nn.model import MedNCA
+from mednca.pipeline.predict import predict_file, predict_folder, predict_volume
 
 SHAPE = (20, 18, 6)
 

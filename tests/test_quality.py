@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mednca.evaluate import evaluate_run
-from mednca.quality import add_quality, failure_catch, quality_score, quality_summary, spearman
+from mednca.pipeline.evaluate import evaluate_run
+from mednca.pipeline.quality import add_quality, failure_catch, quality_score, quality_summary, spearman
 
 
 def test_quality_score_formula() -> None:

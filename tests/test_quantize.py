@@ -1,4 +1,4 @@
-"""mednca.quantize: fp16 / int8 weight rounding, and ONNX files that store weights that way."""
+"""mednca.edge.quantize: fp16 / int8 weight rounding, and ONNX files that store weights that way."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mednca.config import MedNCAConfig
-from mednca.model import MedNCA
-from mednca.quantize import (INT8_MAX, int8_codes, int8_scales, quantize_onnx, round_weights, rounded,
+from mednca.nn.model import MedNCA
+from mednca.edge.quantize import (INT8_MAX, int8_codes, int8_scales, quantize_onnx, round_weights, rounded,
                              weight_stats)
 
 CONFIG = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4,
@@ -69,7 +69,7 @@ def test_round_weights_changes_weights_only_and_copies(precision):
 def test_onnx_export_with_low_precision_weights_matches_rounded_torch_model(precision, tmp_path: Path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from mednca.export import META_WEIGHTS, draw_noise, export_model
+    from mednca.edge.export import META_WEIGHTS, draw_noise, export_model
 
     model = make_model()
     full = export_model(model, tmp_path / "fp32.onnx", explicit_noise=True)
@@ -93,7 +93,7 @@ def test_onnx_export_with_low_precision_weights_matches_rounded_torch_model(prec
 
 def test_low_precision_needs_onnx_and_a_known_precision(tmp_path: Path):
     pytest.importorskip("onnx")
-    from mednca.export import ExportError, export_model
+    from mednca.edge.export import ExportError, export_model
 
     model = make_model()
     with pytest.raises(ExportError, match="ONNX exports only"):
@@ -112,7 +112,7 @@ def test_quantize_onnx_fp32_is_a_no_op():
 
 def test_cli_weight_choices_are_the_library_precisions():
     from mednca.cli import build_parser
-    from mednca.quantize import WEIGHT_PRECISIONS
+    from mednca.edge.quantize import WEIGHT_PRECISIONS
 
     export = build_parser()._subparsers._group_actions[0].choices["export"]
     weights = next(a for a in export._actions if a.dest == "weights")

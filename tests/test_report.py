@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mednca.cli import main
-from mednca.evaluate import evaluate_run
-from mednca.report import make_report, nca_frames
-from mednca.robustness import run_robustness
+from mednca.pipeline.evaluate import evaluate_run
+from mednca.experiments.report import make_report, nca_frames
+from mednca.experiments.robustness import run_robustness
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_report(evaluated, tmp_path: Path) -> None:
     assert path == out / "README.md"
     md = path.read_text()
     results = json.loads((run / "eval_test.json").read_text())
-    from mednca.checkpoint import load_model
+    from mednca import load_model
 
     params = sum(t.numel() for t in load_model(run).parameters())
     row = next(line for line in md.splitlines() if line.startswith("| mednca |"))
@@ -67,7 +67,7 @@ def test_report(evaluated, tmp_path: Path) -> None:
 
 
 def test_nca_frames_match_the_model(evaluated) -> None:
-    from mednca.checkpoint import load_model
+    from mednca import load_model
 
     model = load_model(evaluated[1])
     image = torch.rand(1, 1, 16, 16)
@@ -80,9 +80,9 @@ def test_nca_frames_match_the_model(evaluated) -> None:
 
 def test_report_with_compare_and_a_non_nca_model(evaluated, tmp_path: Path, monkeypatch) -> None:
     """A compare JSON's rows become the table; a model that is not a MedNCA gets no GIF."""
-    import mednca.checkpoint
+    import mednca.nn.build
 
-    real = mednca.checkpoint.load_model
+    real = mednca.nn.build.load_model
 
     class Wrapped(torch.nn.Module):  # any model with .config and .predict_proba
         def __init__(self, inner) -> None:
@@ -93,7 +93,7 @@ def test_report_with_compare_and_a_non_nca_model(evaluated, tmp_path: Path, monk
         def predict_proba(self, images, ensemble=1, generator=None):
             return self.inner.predict_proba(images, ensemble, generator)
 
-    monkeypatch.setattr(mednca.checkpoint, "load_model", lambda p: Wrapped(real(p)))
+    monkeypatch.setattr(mednca.nn.build, "load_model", lambda p: Wrapped(real(p)))
     data, run, _ = evaluated
     cmp = tmp_path / "cmp.json"
     cmp.write_text(json.dumps({"rows": [{"name": "run", "model": "mednca", "parameters": 3392,

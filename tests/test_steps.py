@@ -1,12 +1,12 @@
-"""mednca.steps.run_steps: the fused run of steps equals the plain steps, forward and backward."""
+"""mednca.nn.steps.run_steps: the fused run of steps equals the plain steps, forward and backward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mednca.nca import NCALevel
-from mednca.steps import run_steps
+from mednca.nn.level import NCALevel
+from mednca.nn.steps import run_steps
 
 C, HIDDEN = 5, 9
 
@@ -41,7 +41,7 @@ def _fused(level: NCALevel, x: torch.Tensor, masks: list[torch.Tensor], segment:
 @pytest.mark.parametrize("segment", [None, 1, 2, 3, 6, 10])
 @pytest.mark.parametrize("chunk", [4096, 7])
 def test_run_steps_matches_dense_steps_outputs_and_gradients(segment, chunk, monkeypatch):
-    monkeypatch.setattr("mednca.steps.CHUNK", chunk)
+    monkeypatch.setattr("mednca.nn.steps.CHUNK", chunk)
     level = _level()
     x = torch.randn((2, C, 7, 6), generator=torch.Generator().manual_seed(1))
     masks = _masks(level, x, 6)
@@ -122,7 +122,7 @@ def test_run_steps_backward_passes_gradcheck_in_double_precision(segment):
     fired = [torch.randperm(24, generator=g)[:k].sort().values for k in (12, 0, 7)]  # incl. a step without firing cells
 
     def run(s, a, b, d):
-        from mednca.steps import StepWeights
+        from mednca.nn.steps import StepWeights
 
         return run_steps(s, StepWeights(a, b, d), fired, segment)
 
@@ -137,7 +137,7 @@ def test_run_steps_follows_the_input_dtype():
 
 
 def test_composes_when_it_takes_fewer_multiply_adds():
-    from mednca.steps import composes
+    from mednca.nn.steps import composes
 
     assert composes(32, 128) and not composes(16, 128)  # the presets: prostate composes, hippocampus not
     for c, hidden in [(16, 128), (21, 128), (22, 128), (32, 128), (5, 9), (3, 64)]:
@@ -148,7 +148,7 @@ def test_composes_when_it_takes_fewer_multiply_adds():
 
 @pytest.mark.parametrize("h, w", [(2, 2), (3, 5), (7, 6)])
 def test_neighbourhood_rows_gather_each_cells_reflect_padded_3x3_block(h, w):
-    from mednca.steps import neighbourhood_rows
+    from mednca.nn.steps import neighbourhood_rows
 
     g = torch.Generator().manual_seed(5)
     state = torch.randn((3, h, w, C), generator=g)
@@ -166,8 +166,8 @@ def test_neighbourhood_rows_gather_each_cells_reflect_padded_3x3_block(h, w):
 @pytest.mark.parametrize("shape", [(2, 7, 6), (3, 2, 2)])
 def test_inference_steps_match_the_dense_steps_either_way(compose, chunk, shape, monkeypatch):
     """Without a gradient: the composed first layer and the conv + first layer give the dense steps."""
-    monkeypatch.setattr("mednca.steps.CHUNK", chunk)
-    monkeypatch.setattr("mednca.steps.composes", lambda c, hidden: compose)
+    monkeypatch.setattr("mednca.nn.steps.CHUNK", chunk)
+    monkeypatch.setattr("mednca.nn.steps.composes", lambda c, hidden: compose)
     level = _level(seed=3)
     b, h, w = shape
     x = torch.randn((b, C, h, w), generator=torch.Generator().manual_seed(9))
@@ -180,7 +180,7 @@ def test_inference_steps_match_the_dense_steps_either_way(compose, chunk, shape,
 
 
 def test_composed_inference_in_double_precision_matches_to_rounding():
-    from mednca.steps import composes
+    from mednca.nn.steps import composes
 
     level = _level(seed=4).double()
     assert composes(C, HIDDEN)

@@ -1,4 +1,4 @@
-"""mednca.train: the run folder, exact resume, interrupts, non-finite losses, lr and batch order."""
+"""mednca.pipeline.train: the run folder, exact resume, interrupts, non-finite losses, lr and batch order."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import mednca.train as train_mod
+import mednca.pipeline.train as train_mod
 from mednca.config import MedNCAConfig
 from mednca.data.slices import SliceData
 from mednca.errors import CheckpointError, DataError, OutputExistsError
-from mednca.train import TrainingError, epoch_order, lr_at, train
+from mednca.pipeline.train import TrainingError, epoch_order, lr_at, train
 
 
 def _quiet(**kwargs):

@@ -3,6 +3,10 @@
 >>> from mednca import MedNCA, MedNCAConfig
 >>> model = MedNCA(MedNCAConfig.preset("hippocampus"))
 
+The layers, bottom up (docs/architecture.md): ``config``/``checkpoint``/``runtime`` ->
+``nn`` (the networks) and ``data`` (cases, volumes, slices, run folders) -> ``pipeline`` (train,
+predict, evaluate) -> ``experiments`` and ``edge`` -> ``cli``.
+
 The public names are imported lazily so that ``import mednca`` (and ``mednca --help``) does not
 load torch until a model is used.
 """
@@ -13,33 +17,37 @@ from typing import TYPE_CHECKING
 
 from .version import __version__
 
-__all__ = ["MedNCA", "MedNCAConfig", "NCALevel", "MedNCAError", "train", "predict_volume",
-           "evaluate_folders", "__version__"]
+__all__ = ["MedNCA", "MedNCAConfig", "NCALevel", "UNetBaseline", "MedNCAError", "build_model", "load_model",
+           "train", "predict_volume", "evaluate_folders", "__version__"]
 
 _LAZY = {
-    "MedNCA": ("model", "MedNCA"),
-    "MedNCAConfig": ("config", "MedNCAConfig"),
-    "NCALevel": ("nca", "NCALevel"),
-    "MedNCAError": ("errors", "MedNCAError"),
-    "train": ("train", "train"),
-    "predict_volume": ("predict", "predict_volume"),
-    "evaluate_folders": ("evaluate", "evaluate_folders"),
+    "MedNCA": "nn.model",
+    "MedNCAConfig": "config",
+    "NCALevel": "nn.level",
+    "UNetBaseline": "nn.unet",
+    "MedNCAError": "errors",
+    "build_model": "nn.build",
+    "load_model": "nn.build",
+    "train": "pipeline.train",
+    "predict_volume": "pipeline.predict",
+    "evaluate_folders": "pipeline.evaluate",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import MedNCAConfig
     from .errors import MedNCAError
-    from .evaluate import evaluate_folders
-    from .model import MedNCA
-    from .nca import NCALevel
-    from .predict import predict_volume
-    from .train import train
+    from .nn.build import build_model, load_model
+    from .nn.level import NCALevel
+    from .nn.model import MedNCA
+    from .nn.unet import UNetBaseline
+    from .pipeline.evaluate import evaluate_folders
+    from .pipeline.predict import predict_volume
+    from .pipeline.train import train
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'mednca' has no attribute {name!r}")

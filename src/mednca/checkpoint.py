@@ -1,8 +1,12 @@
-"""Checkpoints: safetensors weights with the config and package version in the file's header.
+"""Checkpoint files, as pure I/O: safetensors tensors plus a JSON header; never unpickled.
 
-A model checkpoint is one ``.safetensors`` file: safe to load from an untrusted source (no pickle,
-no code execution) and complete (it rebuilds its model). Training state for ``--resume``
-(optimiser moments, random generator state, counters) lives in a second safetensors file beside it.
+* A **model checkpoint** is one ``.safetensors`` file: the weights, with the config, the package
+  version and the checkpoint format in its header. It is safe to load from an untrusted source
+  (no pickle, no code execution) and complete: :func:`mednca.load_model` rebuilds its model.
+* A **training state** (``last.state.safetensors`` of a run) is what ``--resume`` needs in one
+  file: the model weights, the optimiser moments, every process's random generator state and the
+  loop's counters. One file is written atomically, so a crash leaves the old state or the new
+  one, never weights of one batch with counters of another.
 """
 
 from __future__ import annotations
@@ -18,37 +22,8 @@ from .errors import CheckpointError, ConfigError
 from .fsutil import atomic_path
 from .version import CHECKPOINT_FORMAT, __version__
 
-_KIND = "mednca-model"
-
-
-class Checkpointable:
-    """Persistence shared by the segmentation models (MedNCA, UNetBaseline): one safetensors
-    file holding weights, config and package version; never unpickled when loaded."""
-
-    #: ``load`` returns whatever model the checkpoint holds (True) or only this class (False).
-    load_any_model: bool = False
-
-    def num_parameters(self) -> int:
-        """Trainable parameters (buffers such as batch-norm statistics are not counted)."""
-        return sum(p.numel() for p in self.parameters())
-
-    def save(self, path: str | Path, **metadata: str) -> Path:
-        """Write weights + config + package version to one safetensors file (atomically)."""
-        return save_model(self, path, metadata)
-
-    @classmethod
-    def load(cls, path: str | Path):
-        """Load a checkpoint file, or a run folder's best (else last) checkpoint.
-
-        Raises:
-            CheckpointError: Unreadable, incompatible, or (unless ``load_any_model``) holding
-                another kind of model.
-        """
-        model = load_model(path)
-        if not cls.load_any_model and not isinstance(model, cls):
-            raise CheckpointError(f"{path} holds a {model.config.model!r} model, not a {cls.__name__}; "
-                                  "load it with mednca.checkpoint.load_model")
-        return model
+MODEL_KIND = "mednca-model"
+STATE_KIND = "mednca-train-state"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -65,38 +40,43 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def save_model(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write ``model`` (a MedNCA or UNetBaseline) with its config and the package version."""
+def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> Path:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    header = {
-        "kind": _KIND,
-        "format": str(CHECKPOINT_FORMAT),
-        "mednca_version": __version__,
-        "config": json.dumps(model.config.to_dict()),
-        **{k: str(v) for k, v in (metadata or {}).items()},
-    }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Read (header metadata, tensors) of a model checkpoint, validating its kind and format."""
-    from safetensors import SafetensorError
+def _read(path: Path, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-    from safetensors import safe_open
 
-    path = resolve_checkpoint(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(str(path))
+        return meta, load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable mednca checkpoint ({exc})") from exc
-    if meta.get("kind") != _KIND:
+        raise CheckpointError(f"{path} is not a readable {what} ({exc})") from exc
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def write_model_file(path: str | Path, config: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a model checkpoint: ``state_dict`` with ``config`` and the package version."""
+    header = {"kind": MODEL_KIND, "format": str(CHECKPOINT_FORMAT), "mednca_version": __version__,
+              "config": json.dumps(config), **{k: str(v) for k, v in (metadata or {}).items()}}
+    return _write(Path(path), _cpu(state_dict), header)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Read (header metadata, tensors) of a model checkpoint, validating its kind and format."""
+    path = resolve_checkpoint(path)
+    meta, tensors = _read(path, "mednca checkpoint")
+    if meta.get("kind") != MODEL_KIND:
         raise CheckpointError(f"{path} is a safetensors file but not a mednca model checkpoint")
     fmt = meta.get("format", "?")
     if fmt != str(CHECKPOINT_FORMAT):
@@ -106,60 +86,81 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.T
     return meta, tensors
 
 
-def load_model(path: str | Path):
-    """Rebuild the model of a checkpoint file or run folder (eval mode): a
-    :class:`~mednca.model.MedNCA` or, by its config's ``model``, a
-    :class:`~mednca.baselines.UNetBaseline`."""
-    from .baselines import build_model
-
-    meta, tensors = read_checkpoint(path)
+def header_config(meta: dict[str, str], source: str | Path) -> MedNCAConfig:
+    """The :class:`MedNCAConfig` in a checkpoint header (``config``, JSON)."""
     try:
-        config = MedNCAConfig.from_dict(json.loads(meta["config"]))
+        data = json.loads(meta["config"])
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object, got {type(data).__name__}")
+        return MedNCAConfig.from_dict(data)
     except (KeyError, json.JSONDecodeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: the checkpoint's config is invalid ({exc})") from exc
-    model = build_model(config)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the config ({exc})") from exc
-    return model.eval()
+        raise CheckpointError(f"{source}: the checkpoint's config is invalid ({exc})") from exc
 
 
-def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer,
-                        generator: torch.Generator, state: dict[str, Any]) -> None:
-    """Write the optimiser moments, generator state and JSON counters for ``--resume``."""
-    from safetensors.torch import save_file
+def read_model_file(path: str | Path) -> tuple[MedNCAConfig, dict[str, torch.Tensor], Path]:
+    """(config, weights, resolved file) of a checkpoint file or run folder."""
+    path = resolve_checkpoint(path)
+    meta, tensors = read_checkpoint(path)
+    return header_config(meta, path), tensors, path
 
+
+def save_training_state(path: str | Path, model_state: dict[str, torch.Tensor],
+                        optimizer: torch.optim.Optimizer, generator_states: list[torch.Tensor],
+                        counters: dict[str, Any]) -> Path:
+    """Atomically write everything ``--resume`` needs into one file.
+
+    Args:
+        model_state: The model's state dict (stored as ``model.<name>``).
+        optimizer: Its moments are stored as ``optim.<param index>.<key>``, its param groups in
+            the header.
+        generator_states: One random generator state per process, rank 0 first (``generator``,
+            then ``generator.rank<r>``); the header's ``world_size`` says how many.
+        counters: The training loop's JSON counters (header ``state``).
+    """
     opt = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {"generator": generator.get_state()}
+    tensors: dict[str, torch.Tensor] = {"generator": generator_states[0]}
+    tensors.update({f"generator.rank{r}": s for r, s in enumerate(generator_states) if r})
     for idx, per_param in opt["state"].items():
         for key, value in per_param.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().clone().cpu()
-    header = {"kind": "mednca-train-state", "param_groups": json.dumps(opt["param_groups"]),
-              "state": json.dumps(state)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    tensors.update({f"model.{k}": v for k, v in model_state.items()})
+    header = {"kind": STATE_KIND, "format": str(CHECKPOINT_FORMAT), "param_groups": json.dumps(opt["param_groups"]),
+              "state": json.dumps(counters), "world_size": str(len(generator_states))}
+    return _write(Path(path), _cpu(tensors), header)
 
 
-def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer,
-                        generator: torch.Generator) -> dict[str, Any]:
-    """Restore what :func:`save_training_state` wrote; returns the JSON counters."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+class TrainingState:
+    """A training state file as read back: see :func:`save_training_state`.
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"cannot read training state {path} ({exc})") from exc
-    if meta.get("kind") != "mednca-train-state":
-        raise CheckpointError(f"{path} is not a mednca training state")
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            per_param.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": json.loads(meta["param_groups"])})
-    generator.set_state(tensors["generator"])
-    return json.loads(meta["state"])
+    Attributes:
+        counters: The loop's JSON counters.
+        world_size: Processes that wrote it (1 for a single-process run).
+        generator_states: One generator state per process, rank 0 first.
+        model_state: The model's weights, or None in a state written before weights were kept
+            in it (the run's ``last.safetensors`` holds them then).
+        optimizer_state: A state dict for ``torch.optim.Optimizer.load_state_dict``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        meta, tensors = _read(path, "training state")
+        if meta.get("kind") != STATE_KIND:
+            raise CheckpointError(f"{path} is not a mednca training state")
+        try:
+            self.counters: dict[str, Any] = json.loads(meta["state"])
+            groups = json.loads(meta["param_groups"])
+            self.world_size = int(meta.get("world_size", "1"))
+            self.generator_states = [tensors["generator"]] + [
+                tensors[f"generator.rank{r}"] for r in range(1, self.world_size)]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} is a damaged training state ({type(exc).__name__}: {exc})") from exc
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        model: dict[str, torch.Tensor] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim."):
+                _, idx, key = name.split(".", 2)
+                per_param.setdefault(int(idx), {})[key] = value
+            elif name.startswith("model."):
+                model[name[len("model."):]] = value
+        self.model_state = model or None
+        self.optimizer_state = {"state": per_param, "param_groups": groups}

@@ -54,7 +54,7 @@ def _case_progress(desc: str):
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .pipeline.demo import run_demo
 
     run_demo(args.out, seed=args.seed, epochs=args.epochs, max_minutes=args.max_minutes, log=_log)
     return 0
@@ -73,7 +73,7 @@ def _build_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .pipeline.train import train
 
     if args.resume and (args.set or args.config):
         raise MedNCAError("--resume continues a run with its own config.json; drop --set/--config")
@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite, progress=not args.no_progress, log=_log,
                    distributed=args.distributed)
     if args.distributed:
-        from .distributed import is_main
+        from .pipeline.distributed import is_main
 
         if not is_main():  # rank 0 reports for all
             return 0
@@ -93,11 +93,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .predict import predict_file, predict_folder
+    from .nn.build import load_model
+    from .pipeline.predict import predict_file, predict_folder
 
     if getattr(args, "runtime", "torch") == "onnx":
-        from .export import OnnxSegmenter
+        from .edge.export import OnnxSegmenter
 
         model = OnnxSegmenter(args.checkpoint)
     elif str(args.checkpoint).endswith(".onnx"):
@@ -106,7 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint)
     source = Path(args.input)
     if source.is_dir():
-        from .distributed import env_rank, env_world_size
+        from .pipeline.distributed import env_rank, env_world_size
 
         # Launched by torchrun with N processes: each predicts every N-th case.
         written = predict_folder(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
@@ -122,8 +122,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .export import default_output, export_model
+    from .nn.build import load_model
+    from .edge.export import default_output, export_model
 
     model = load_model(args.checkpoint)
     output = args.output or default_output(args.checkpoint, args.format)
@@ -134,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folders, evaluate_run
+    from .pipeline.evaluate import evaluate_folders, evaluate_run
 
     if args.run:
         if args.pred or args.gt:
@@ -162,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from .robustness import run_robustness
+    from .experiments.robustness import run_robustness
 
     out = Path(args.output) if args.output else Path(args.runs[0]) / f"robustness_{args.split}"
     rows = run_robustness(args.runs, args.data, args.split, out_dir=out, severities=args.severities,
@@ -175,7 +175,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import make_report
+    from .experiments.report import make_report
 
     path = make_report(args.runs, args.output, compare=args.compare, robustness=args.robustness,
                        split=args.split, data_dir=args.data, seed=args.seed, overwrite=args.overwrite)
@@ -239,7 +239,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``mednca bench`` (also used by ``python -m mednca.bench``; no torch import)."""
+    """The options of ``mednca bench`` (also used by ``python -m mednca.experiments.bench``; no torch import)."""
     p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat (a smoke test, seconds)")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only cases whose name matches (glob or substring; comma-separated or repeated)")
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import comparison_json_path, compare_runs, markdown_table, write_comparison
+    from .experiments.compare import comparison_json_path, compare_runs, markdown_table, write_comparison
     from .fsutil import check_output
 
     if args.output:  # refuse existing outputs before measuring anything
@@ -464,27 +464,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_cli
+    from .experiments.bench import run_cli
 
     return run_cli(args)
 
 
-#: Commands that run no network (everything else gets :func:`flush_denormals` and
-#: :func:`mednca.memory.retain_freed_memory`).
+#: Commands that run no network (everything else gets :func:`mednca.runtime.tune_for_networks`).
 LIGHT_COMMANDS = ("download", "presets", "info", "bench")
-
-
-def flush_denormals() -> None:
-    """Treat denormal floats as zero on the CPU (``torch.set_flush_denormal``), for this process.
-
-    Gradients of long NCA step chains drift into the denormal range (< 1.2e-38), where CPU
-    arithmetic is many times slower: one prostate training iteration took 2.3x longer with them.
-    Flushing them changes nothing measurable in the results. Called by every command that runs
-    a network; call it yourself when using the Python API for training.
-    """
-    import torch
-
-    torch.set_flush_denormal(True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -495,10 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command not in LIGHT_COMMANDS:
-            flush_denormals()
-            from .memory import retain_freed_memory
+            from .runtime import tune_for_networks
 
-            retain_freed_memory()
+            tune_for_networks()
         return args.func(args)
     except MedNCAError as exc:
         print(f"mednca: error: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 _INTERPOLATIONS = ("linear", "cubic")
 NORMALIZATIONS = ("minmax", "percentile")
-#: Values of ``MedNCAConfig.model``: Med-NCA or one of the UNet baselines (see mednca.baselines).
+#: Values of ``MedNCAConfig.model``: Med-NCA or one of the UNet baselines (see mednca.nn.unet).
 MODEL_TYPES = ("mednca", "unet", "unet-small")
 
 
@@ -39,7 +39,7 @@ class MedNCAConfig:
             intermediates instead of every step's, ~4-7 states each; about a third more compute).
         model: The network: ``"mednca"`` (default), ``"unet"`` (the paper's 2D UNet baseline,
             5 levels, 64 base channels, ~31 M parameters) or ``"unet-small"`` (the same UNet
-            with ~31 k parameters, about Med-NCA's size); see :mod:`mednca.baselines`. UNets
+            with ~31 k parameters, about Med-NCA's size); see :mod:`mednca.nn.unet`. UNets
             train on whole slices and ignore the NCA fields (channels, hidden, steps, scale,
             fire_rate, patch_size, grad_checkpoint, val_ensemble); they need image_size >= 16.
 

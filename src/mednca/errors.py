@@ -29,3 +29,15 @@ class OutputExistsError(MedNCAError):
 
 class DownloadError(MedNCAError):
     """A dataset archive could not be fetched, verified or unpacked."""
+
+
+class TrainingError(MedNCAError):
+    """Training cannot go on (e.g. the loss stays non-finite after rolling back)."""
+
+
+class ExportError(MedNCAError):
+    """An export or an exported model cannot be written, read or run."""
+
+
+class MissingDependencyError(MedNCAError):
+    """An optional dependency (an extra such as ``report`` or ``export``) is not installed."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import DataError
+from ..fsutil import atomic_write_text
 
 SPLIT_KEYS = ("train", "val", "test")
 
@@ -79,6 +80,5 @@ def load_split(path: str | Path, available: Sequence[str], seed: int = 0) -> dic
 
 
 def save_split(split: dict[str, list[str]], path: str | Path) -> None:
-    from ..fsutil import atomic_write_text
-
+    """Write the three lists of a split as JSON (atomically)."""
     atomic_write_text(path, json.dumps({k: split[k] for k in SPLIT_KEYS}, indent=2) + "\n")

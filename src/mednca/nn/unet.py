@@ -2,7 +2,7 @@
 
 ``config.model`` picks the network (:func:`build_model`):
 
-* ``"mednca"``: :class:`~mednca.model.MedNCA` (the default).
+* ``"mednca"``: :class:`~mednca.nn.model.MedNCA` (the default).
 * ``"unet"``: the paper's baseline, a classic 2D UNet with 5 levels and 64 base channels
   (64-128-256-512-1024 features, ~31.1 M parameters, like the ``unet`` package's ``UNet2D``).
 * ``"unet-small"``: the same architecture with features 4-4-8-16-32 (MONAI's default
@@ -22,15 +22,12 @@ labels of the whole image, not of a patch. It is deterministic: ``predict_proba`
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpointable
-from .config import MODEL_TYPES, MedNCAConfig
-from .errors import ConfigError
-from .model import MedNCA
+from ..config import MedNCAConfig
+from ..errors import ConfigError
+from .base import SegmentationModel
 
 #: BasicUNet features (5 levels + the last up-sampling block) of each UNet model type.
 UNET_FEATURES: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -41,8 +38,8 @@ UNET_FEATURES: dict[str, tuple[int, int, int, int, int, int]] = {
 MIN_UNET_SIDE = 16
 
 
-class UNetBaseline(Checkpointable, nn.Module):
-    """A 2D UNet with :class:`~mednca.model.MedNCA`'s interface (forward, predict_proba, save/load).
+class UNetBaseline(SegmentationModel):
+    """A 2D UNet with :class:`~mednca.nn.model.MedNCA`'s interface (forward, predict_proba, save/load).
 
     Args:
         config: A config with ``model`` ``"unet"`` or ``"unet-small"`` (default: ``"unet"``).
@@ -51,6 +48,8 @@ class UNetBaseline(Checkpointable, nn.Module):
             so the same generator state gives the same weights and the global random state is
             left as it was. Default: torch's global generator.
     """
+
+    MODEL_TYPES = tuple(UNET_FEATURES)
 
     def __init__(self, config: MedNCAConfig | None = None, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -112,21 +111,3 @@ class UNetBaseline(Checkpointable, nn.Module):
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         prob = torch.sigmoid(self(images))
         return prob, torch.zeros_like(prob)
-
-
-#: Any model :func:`build_model` returns: both share forward / predict_proba / save / load.
-SegmentationModel = Union[MedNCA, UNetBaseline]
-
-
-def build_model(config: MedNCAConfig, generator: torch.Generator | None = None) -> SegmentationModel:
-    """The model ``config.model`` names: a :class:`MedNCA` or a :class:`UNetBaseline`.
-
-    Args:
-        config: The model's config.
-        generator: Source of the initial weights (default: torch's global generator).
-    """
-    if config.model == "mednca":
-        return MedNCA(config, generator=generator)
-    if config.model in UNET_FEATURES:
-        return UNetBaseline(config, generator=generator)
-    raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_TYPES)}")

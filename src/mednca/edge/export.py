@@ -14,7 +14,7 @@ random numbers (see :func:`draw_noise`).
 
 ONNX files carry the mednca version and the config JSON in ``metadata_props``; TorchScript files
 in an extra file ``mednca.json``. Running them needs only ``onnxruntime`` or ``torch``. ONNX
-files can store their weights as fp16 or int8 (``weights=``, see :mod:`mednca.quantize`): a
+files can store their weights as fp16 or int8 (``weights=``, see :mod:`mednca.edge.quantize`): a
 smaller file, float32 compute.
 """
 
@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import resolve_checkpoint
-from .config import MedNCAConfig
-from .errors import CheckpointError, MedNCAError
-from .fsutil import atomic_path, check_output
-from .model import MedNCA
-from .nca import NCALevel
+from ..checkpoint import resolve_checkpoint
+from ..config import MedNCAConfig
+from ..errors import CheckpointError, ExportError, MedNCAError
+from ..fsutil import atomic_path, check_output
+from ..nn.model import MedNCA
+from ..nn.level import NCALevel
 from .quantize import WEIGHT_PRECISIONS, quantize_onnx
-from .version import __version__
+from ..version import __version__
 
 #: Export formats and their default file suffix.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -49,10 +49,6 @@ FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 META_VERSION, META_CONFIG, META_NOISE, META_WEIGHTS = ("mednca_version", "mednca_config", "mednca_noise",
                                                        "mednca_weights")
 _INSTALL_HINT = 'pip install "mednca[export]"'
-
-
-class ExportError(MedNCAError):
-    """An export or an exported model cannot be written, read or run."""
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -153,7 +149,7 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
     """Write ``model`` as a self-contained ONNX or TorchScript file (atomically).
 
     Args:
-        model: A MedNCA (e.g. from :func:`mednca.checkpoint.load_model`).
+        model: A MedNCA (e.g. from :func:`mednca.load_model`).
         path: Output file.
         format: ``"onnx"`` or ``"torchscript"``.
         batch_dynamic: ONNX only: a dynamic batch axis (else the batch is fixed to 1).
@@ -162,7 +158,7 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
         explicit_noise: Take the fire-mask noise as inputs ``noise1``, ``noise2`` (see module doc).
         overwrite: Replace an existing file.
         weights: ONNX only: store the weights as ``"fp32"``, ``"fp16"`` or ``"int8"`` (per output
-            channel); compute stays float32 (see :mod:`mednca.quantize`).
+            channel); compute stays float32 (see :mod:`mednca.edge.quantize`).
 
     Returns:
         ``path``.
@@ -228,7 +224,7 @@ def _onnx_bytes(module: ExportModule, batch: int, batch_dynamic: bool, opset: in
 
 # -- running ONNX --------------------------------------------------------------------------
 class OnnxSegmenter:
-    """An exported ``.onnx`` model run by onnxruntime; usable by :mod:`mednca.predict`.
+    """An exported ``.onnx`` model run by onnxruntime; usable by :mod:`mednca.pipeline.predict`.
 
     Args:
         path: ``.onnx`` file written by :func:`export_model`.
@@ -285,7 +281,7 @@ class OnnxSegmenter:
         return torch.cat(out)
 
     def infer(self, ensemble: int = 1, seed: int = 0):
-        """The per-slice call of :func:`mednca.predict.predict_slices`: (N, 1, S, S) slices ->
+        """The per-slice call of :func:`mednca.pipeline.predict.predict_slices`: (N, 1, S, S) slices ->
         (mean, std) foreground probabilities over ``ensemble`` passes, like ``MedNCA.predict_proba``.
         ``seed`` makes the passes reproducible."""
         if ensemble < 1:
@@ -321,7 +317,7 @@ def onnx_benchmark(model: MedNCA | str | Path, *, size: int = 64, batch: int = 1
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         return _time_onnx(Path(model), size, batch, repeats, warmup, threads)
     if isinstance(model, (str, Path)):
-        from .checkpoint import load_model
+        from ..nn.build import load_model
 
         model = load_model(model)
     with tempfile.TemporaryDirectory() as tmp:

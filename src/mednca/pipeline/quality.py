@@ -9,7 +9,7 @@ uses the same idea with this exact definition:
 
 over all voxels v of the volume, where ``mean`` and ``std`` are the per-voxel mean and (population)
 standard deviation of the foreground probability over the K passes (what
-:func:`mednca.predict.predict_volume` returns with ``ensemble=K``). The denominator is the
+:func:`mednca.pipeline.predict.predict_volume` returns with ``ensemble=K``). The denominator is the
 expected segmentation volume in voxels (at least one voxel, so an empty prediction scores its
 raw summed std). The score is dimensionless: the average spread per expected foreground voxel.
 **Lower is more confident**; 0 means all K passes agreed exactly. A good score correlates

@@ -68,7 +68,7 @@ def round_weights(model: nn.Module, precision: str) -> nn.Module:
     """A copy of ``model`` whose weights hold their ``precision``-rounded values (float32 tensors).
 
     Args:
-        model: Any module (usually a :class:`~mednca.model.MedNCA`); not changed.
+        model: Any module (usually a :class:`~mednca.nn.model.MedNCA`); not changed.
         precision: ``"fp32"`` (an unchanged copy), ``"fp16"`` or ``"int8"``.
     """
     _check(precision)

@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DataError
-from .fsutil import atomic_path, atomic_write_text, check_output
+from ..errors import DataError
+from ..fsutil import atomic_path, atomic_write_text, check_output
 
 MAX_WIDTH_IN = 12.0  # figures are drawn at 100 dpi: at most 1200 px wide
 DPI = 100
@@ -89,7 +89,7 @@ def load_runs(runs: Sequence[str | Path], split: str = "test") -> list[RunInfo]:
     Raises:
         DataError: A folder is not a run, or has not been evaluated on ``split``.
     """
-    from .checkpoint import load_model
+    from ..nn.build import load_model
     from .robustness import _model_labels
 
     paths = [Path(r) for r in runs]
@@ -298,7 +298,7 @@ def pick_cases(results: dict) -> list[tuple[str, dict]]:
 def _read_nifti(path: Path) -> np.ndarray | None:
     if not path.is_file():
         return None
-    from .data.volumes import read_image
+    from ..data.volumes import read_image
 
     return read_image(path, None).data
 
@@ -312,9 +312,9 @@ def case_arrays(run: RunInfo, case_id: str, data_dir: Path, split: str, seed: in
     """
     import torch
 
-    from .data.cases import find_cases
-    from .data.volumes import binarize, read_case
-    from .predict import predict_volume
+    from ..data.cases import find_cases
+    from ..data.volumes import binarize, read_case
+    from ..pipeline.predict import predict_volume
 
     cfg = run.model.config
     cases = {c.case_id: c for c in find_cases(data_dir, cfg.channel)}
@@ -379,7 +379,7 @@ def nca_frames(model, image: "torch.Tensor", generator=None) -> list[tuple[int, 
     generator draws give the same result).
 
     Args:
-        model: A :class:`~mednca.model.MedNCA`.
+        model: A :class:`~mednca.nn.model.MedNCA`.
         image: (1, 1, S, S) normalised slice.
 
     Returns:
@@ -415,7 +415,7 @@ def growth_gif(run: RunInfo, arrays: dict[str, np.ndarray], path: Path, seed: in
     import torch
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    from .data.slices import image_slices, label_slices
+    from ..data.slices import image_slices, label_slices
 
     plt = _plt()
     cfg = run.model.config
@@ -471,8 +471,8 @@ def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, c
     Returns:
         The path of the Markdown file.
     """
-    from .model import MedNCA
-    from .version import __version__
+    from ..nn.model import MedNCA
+    from ..version import __version__
 
     from .robustness import require_extras
 
@@ -506,7 +506,7 @@ def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, c
 
     md.append("## Quality estimate without ground truth")
     if quality_scatter(infos, out / "quality_vs_dice.png"):
-        from .quality import DEFINITION
+        from ..pipeline.quality import DEFINITION
 
         md.append(f"Per case, from K stochastic passes: {DEFINITION}. Cases below the dashed line "
                   "(Dice < 0.8) count as failures; the worst-scored 10 % of cases are flagged.")

@@ -33,12 +33,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DataError, MedNCAError
-from .fsutil import atomic_path, atomic_write_text, check_output
-
-class MissingDependencyError(MedNCAError):
-    """An optional dependency (the ``report`` extra) is not installed."""
-
+from ..errors import DataError, MedNCAError, MissingDependencyError
+from ..fsutil import atomic_path, atomic_write_text, check_output
 
 CSV_FIELDS = ("model", "run", "perturbation", "severity", "magnitude", "case", "dice", "quality")
 DEFAULT_SEVERITIES = 3
@@ -387,12 +383,12 @@ def run_robustness(runs: Sequence[str | Path], data_dir: str | Path | None = Non
     """
     import torch
 
-    from .checkpoint import load_model
-    from .data.cases import find_cases
-    from .data.volumes import binarize, read_case
-    from .metrics import dice
-    from .predict import predict_volume
-    from .quality import quality_score
+    from ..nn.build import load_model
+    from ..data.cases import find_cases
+    from ..data.volumes import binarize, read_case
+    from ..pipeline.metrics import dice
+    from ..pipeline.predict import predict_volume
+    from ..pipeline.quality import quality_score
 
     require_extras("torchio", "matplotlib")
     if not runs:
@@ -592,7 +588,7 @@ def write_outputs(rows: Sequence[dict], out_dir: str | Path, perturbations: Sequ
         "summary": summary,
         "conventions": "Dice on hard 3D masks (mean probability > 0.5) against the (transformed) label; "
                        "severity 0 = clean images (perturbation 'none'); quality = sum(std) / max(sum(mean), 1) "
-                       "over K stochastic passes (lower = more confident), see mednca.quality.",
+                       "over K stochastic passes (lower = more confident), see mednca.pipeline.quality.",
     }
     atomic_write_text(out / "robustness.json", json.dumps(_json_safe(result), indent=2) + "\n")
     return result

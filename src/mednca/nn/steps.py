@@ -38,7 +38,7 @@ CHUNK = 4096  # cells per matrix product: keeps a chunk's hidden activations in 
 
 
 class StepWeights(NamedTuple):
-    """The weights as a step uses them (see :meth:`mednca.nca.NCALevel.packed_weights`).
+    """The weights as a step uses them (see :meth:`mednca.nn.level.NCALevel.packed_weights`).
 
     Attributes:
         wv: (2C, C, 3, 3) both perception filters stacked (their biases folded into w0's).

@@ -2,7 +2,7 @@
 
     mednca bench [--quick] [--only PATTERN ...] [--json-out FILE] [--markdown-out FILE]
     python benchmarks/bench.py ...          # the same
-    python -m mednca.bench --case NAME --impl mednca --json   # one measurement (used internally)
+    python -m mednca.experiments.bench --case NAME --impl mednca --json   # one measurement (used internally)
 
 What is measured (see :func:`bench_cases` for the exact sizes):
 
@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import MedNCAConfig
-from .errors import MedNCAError
-from .losses import dice_bce_loss
-from .memory import peak_rss_mb, retain_freed_memory
-from .model import MedNCA
-from .version import __version__
+from ..config import MedNCAConfig
+from ..errors import MedNCAError
+from ..pipeline.losses import dice_bce_loss
+from ..runtime import peak_rss_mb, retain_freed_memory
+from ..nn.model import MedNCA
+from ..version import __version__
 
 #: Default location of the MSD hippocampus task (``<repo>/../shared/data``, as the benchmarks use).
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "Task04_Hippocampus"
@@ -66,7 +66,7 @@ SYNTHETIC_VOLUME_SHAPE = (35, 51, 35)
 #: parameter for gradients).
 RTOL, ATOL = 1e-4, 1e-6
 GRAD_RTOL = 1e-4
-#: Slices per forward pass for volumes (as ``mednca.predict.predict_volume``).
+#: Slices per forward pass for volumes (as ``mednca.pipeline.predict.predict_volume``).
 VOLUME_BATCH = 64
 EXIT_CHECK_FAILED, EXIT_MEMORY = 3, 75
 IMPLS = ("mednca", "plain")
@@ -109,7 +109,7 @@ class PlainLevel(nn.Module):
 
 
 class PlainMedNCA(nn.Module):
-    """A plain PyTorch Med-NCA: the reference :class:`mednca.model.MedNCA` is timed against.
+    """A plain PyTorch Med-NCA: the reference :class:`mednca.nn.model.MedNCA` is timed against.
 
     Same math, same random-number calls in the same order (level-1 fire masks, the patch origins,
     level-2 fire masks), so with the same weights and the same seeded generator both give the same
@@ -206,8 +206,8 @@ def model_flops(config: MedNCAConfig, batch: int, side: int, train: bool = False
 def load_volume(data_dir: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The first MSD hippocampus image (by case id) read with mednca's loaders, or a synthetic
     volume of typical shape when the data is absent. Returns (volume, description)."""
-    from .data.cases import find_cases
-    from .data.volumes import read_image
+    from ..data.cases import find_cases
+    from ..data.volumes import read_image
 
     root = Path(data_dir) if data_dir else DEFAULT_DATA
     try:
@@ -218,7 +218,7 @@ def load_volume(data_dir: str | Path | None = None) -> tuple[np.ndarray, dict[st
         return volume.data, {"source": "msd", "case": case.case_id, "shape": list(volume.data.shape),
                              "read_s": round(read_s, 4)}
     except (MedNCAError, OSError, IndexError):
-        from .data.synthetic import make_case
+        from ..data.synthetic import make_case
 
         data = make_case(np.random.default_rng(0), SYNTHETIC_VOLUME_SHAPE)[0]
         return data, {"source": "synthetic", "case": None, "shape": list(data.shape), "read_s": None}
@@ -354,7 +354,7 @@ def _inputs(case: Case, data_dir: str | Path | None) -> tuple[Tensor, Tensor | N
     """(images, labels or None, raw volume or None, description) of a case."""
     c = case.config
     if case.source == "volume":
-        from .data.slices import image_slices
+        from ..data.slices import image_slices
 
         volume, info = load_volume(data_dir)
         images = image_slices(volume, c.axis, c.image_size, c.interpolation, c.normalization)
@@ -453,7 +453,7 @@ class Options:
     max_rss_mb: float = 0.0  # 0: no limit
     seed: int = 0
     flush_denormal: bool = True  # torch.set_flush_denormal in every measurement (both implementations)
-    retain_memory: bool = True  # mednca.memory.retain_freed_memory in every measurement (both implementations)
+    retain_memory: bool = True  # mednca.runtime.retain_freed_memory in every measurement (both implementations)
 
     @property
     def min_repeats(self) -> int:
@@ -500,7 +500,7 @@ def _time(fn: Callable[[], Any], opts: Options) -> tuple[list[float], list[float
 def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
     """One measurement of case ``name`` with ``impl`` (mednca, plain or check), in this process.
 
-    Meant to run in a fresh process (``python -m mednca.bench --case NAME --impl IMPL --json``) so
+    Meant to run in a fresh process (``python -m mednca.experiments.bench --case NAME --impl IMPL --json``) so
     that the peak RSS it reports belongs to this case alone.
     """
     rss_import = peak_rss_mb()
@@ -540,7 +540,7 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
             dice_bce_loss(logits, target).backward()
             optimizer.step()
     elif case.group == "onnx":
-        from .export import OnnxSegmenter, export_model
+        from ..edge.export import OnnxSegmenter, export_model
 
         with tempfile.TemporaryDirectory(prefix="mednca-bench-onnx-") as tmp:
             path = export_model(model, Path(tmp) / "model.onnx", weights=case.weights)
@@ -550,7 +550,7 @@ def run_one(name: str, impl: str, opts: Options) -> dict[str, Any]:
         def fn() -> None:
             runner.logits(images)
     elif case.group == "volume1t":
-        from .predict import predict_volume
+        from ..pipeline.predict import predict_volume
 
         model.eval()
 
@@ -617,7 +617,7 @@ def _cpu_name() -> str:
 
 
 def _run_child(name: str, impl: str, opts: Options, timeout: float | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "mednca.bench", "--case", name, "--impl", impl, "--json", *opts.child_args()]
+    cmd = [sys.executable, "-m", "mednca.experiments.bench", "--case", name, "--impl", impl, "--json", *opts.child_args()]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
@@ -759,7 +759,7 @@ def run_benchmark(opts: Options, only: Sequence[str] | None = None, json_out: st
 
 
 def _write(path: str | Path, text: str) -> None:
-    from .fsutil import atomic_write_text
+    from ..fsutil import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -950,9 +950,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mednca.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mednca.experiments.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .cli import add_bench_arguments
+    from ..cli import add_bench_arguments
 
     add_bench_arguments(parser)
     internal = parser.add_argument_group("one measurement (run by the benchmark in a fresh process)")

@@ -20,7 +20,7 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import MedNCAError
+from ..errors import MedNCAError
 
 T = TypeVar("T")
 

@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from .data.cases import find_cases, nifti_files
-from .data.volumes import binarize, read_label
-from .errors import DataError
-from .fsutil import atomic_path, atomic_write_text, check_output
+from ..data.cases import find_cases, nifti_files
+from ..data.volumes import binarize, read_label
+from ..errors import DataError
+from ..fsutil import atomic_path, atomic_write_text, check_output
 from .metrics import case_metrics, summarize
 
 METRICS = ("dice", "hd95_mm", "volume_pred_ml", "volume_gt_ml")
@@ -126,12 +126,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
     Writes masks to ``RUN/predictions_{split}/`` and results to ``output`` (default
     ``RUN/eval_{split}.json``), with a CSV beside it.
     With ``ensemble >= 2`` each case also gets a ground-truth-free ``quality`` score and the
-    results a ``quality`` block (Spearman vs Dice, failures caught; see :mod:`mednca.quality`).
+    results a ``quality`` block (Spearman vs Dice, failures caught; see :mod:`mednca.pipeline.quality`).
 
     Returns:
         (results, path of the JSON file)
     """
-    from .checkpoint import load_model
+    from ..nn.build import load_model
     from .predict import predict_case
     from .quality import add_quality, quality_score
 

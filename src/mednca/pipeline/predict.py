@@ -14,13 +14,13 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from .data.cases import find_cases, strip_nifti
-from .data.slices import image_slices, to_volume
-from .data.volumes import Volume, read_image
-from .errors import DataError
-from .fsutil import atomic_path, check_output
-from .config import MedNCAConfig
-from .baselines import SegmentationModel
+from ..data.cases import find_cases, strip_nifti
+from ..data.slices import image_slices, to_volume
+from ..data.volumes import Volume, read_image
+from ..errors import DataError
+from ..fsutil import atomic_path, check_output
+from ..config import MedNCAConfig
+from ..nn.base import SegmentationModel
 
 #: Per-slice model call: (N, 1, S, S) normalised slices -> (mean, std), two (N, 1, S, S)
 #: foreground probability maps (as :meth:`MedNCA.predict_proba`).
@@ -28,7 +28,7 @@ Infer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class SliceRuntime(Protocol):
-    """A non-PyTorch runtime of a model (e.g. :class:`mednca.export.OnnxSegmenter`), accepted by
+    """A non-PyTorch runtime of a model (e.g. :class:`mednca.edge.export.OnnxSegmenter`), accepted by
     :func:`predict_file` and :func:`predict_folder` in place of a MedNCA."""
 
     config: MedNCAConfig
@@ -61,7 +61,7 @@ def predict_volume(model: SegmentationModel, volume: np.ndarray, ensemble: int =
     """Segment a 3D image slice by slice along the model's configured axis.
 
     Args:
-        model: A trained MedNCA (or UNet baseline, see :mod:`mednca.baselines`).
+        model: A trained MedNCA (or UNet baseline, see :mod:`mednca.nn.unet`).
         volume: (X, Y, Z) image array (any intensity range; slices are normalised like in training).
         ensemble: Stochastic passes K to average.
         generator: Source of the fire masks (seed it for reproducible outputs).

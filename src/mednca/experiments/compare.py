@@ -10,7 +10,7 @@ For each run folder :func:`compare_runs` reports:
   one whole volume (the run's first test case, else a synthetic volume of 32 slices), after
   one untimed warm-up call;
 * peak memory of inference: the peak RSS (``ru_maxrss``; on Linux ``VmHWM``, see
-  :func:`peak_rss_mb`) of a fresh process (``python -m mednca.compare --measure RUN --json``) that
+  :func:`peak_rss_mb`) of a fresh process (``python -m mednca.experiments.compare --measure RUN --json``) that
   imports torch, MONAI and mednca, loads the model and runs the timings above; reported in total
   and as the increase over the same process right after the imports.
 
@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import CheckpointError, DataError, MedNCAError
-from .fsutil import atomic_write_text, check_output
-from .memory import peak_rss_mb
+from ..errors import CheckpointError, DataError, MedNCAError
+from ..fsutil import atomic_write_text, check_output
+from ..runtime import peak_rss_mb
 
 #: Slices of the synthetic volume timed when a run's test case cannot be read.
 SYNTHETIC_SLICES = 32
@@ -51,8 +51,8 @@ def _timing_volume(run: Path, config) -> tuple[Any, str]:
     try:
         split = json.loads((run / "split.json").read_text())
         data_dir = Path(json.loads((run / "run.json").read_text())["data"])
-        from .data.cases import find_cases
-        from .data.volumes import read_image
+        from ..data.cases import find_cases
+        from ..data.volumes import read_image
 
         for case_id in split.get("test", []):
             cases = [c for c in find_cases(data_dir, config.channel) if c.case_id == case_id]
@@ -85,8 +85,8 @@ def measure_run(run: str | Path, *, repeats: int = 5, threads: int | None = None
     """
     import torch
 
-    from .checkpoint import load_model
-    from .predict import predict_volume
+    from ..nn.build import load_model
+    from ..pipeline.predict import predict_volume
 
     if threads:
         torch.set_num_threads(threads)
@@ -105,12 +105,12 @@ def measure_run(run: str | Path, *, repeats: int = 5, threads: int | None = None
 
 
 def measure_run_isolated(run: str | Path, *, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:
-    """:func:`measure_run` plus peak memory, in a fresh ``python -m mednca.compare --measure`` process.
+    """:func:`measure_run` plus peak memory, in a fresh ``python -m mednca.experiments.compare --measure`` process.
 
     Adds ``rss_peak_mb`` (the process's peak RSS) and ``rss_increase_mb`` (over its RSS right after
     importing torch, MONAI and mednca) and ``rss_baseline_mb``.
     """
-    cmd = [sys.executable, "-m", "mednca.compare", "--measure", str(run), "--json", "--repeats", str(repeats)]
+    cmd = [sys.executable, "-m", "mednca.experiments.compare", "--measure", str(run), "--json", "--repeats", str(repeats)]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -127,7 +127,7 @@ def measure_run_isolated(run: str | Path, *, repeats: int = 5, threads: int | No
 def _eval_fields(run: Path, evaluate: bool) -> dict[str, Any]:
     path = run / "eval_test.json"
     if not path.is_file() and evaluate:
-        from .evaluate import evaluate_run
+        from ..pipeline.evaluate import evaluate_run
 
         evaluate_run(run, "test")
     if not path.is_file():
@@ -146,7 +146,7 @@ def _eval_fields(run: Path, evaluate: bool) -> dict[str, Any]:
 
 
 def _check_run(run: Path) -> Path:
-    from .checkpoint import resolve_checkpoint
+    from ..checkpoint import resolve_checkpoint
 
     if not run.is_dir():
         raise DataError(f"{run} is not a run folder")
@@ -163,7 +163,7 @@ def compare_runs(runs: Sequence[str | Path], *, evaluate: bool = False, repeats:
 
     Args:
         runs: Run folders (written by ``mednca train``).
-        evaluate: Compute ``eval_test.json`` (with :func:`mednca.evaluate.evaluate_run`) where it
+        evaluate: Compute ``eval_test.json`` (with :func:`mednca.pipeline.evaluate.evaluate_run`) where it
             is missing; otherwise such a run's Dice/HD95 are ``None`` and ``note`` says what to do.
         repeats: Timed repeats per measurement (the median is reported).
         threads: torch threads for the timings (default: torch's default).
@@ -266,8 +266,8 @@ def comparison_json_path(out_md: str | Path) -> Path:
 
 # -- the measuring process -----------------------------------------------------------------
 def _measure_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mednca.compare --measure RUN --json``: one run's timings and peak memory."""
-    parser = argparse.ArgumentParser(prog="python -m mednca.compare",
+    """``python -m mednca.experiments.compare --measure RUN --json``: one run's timings and peak memory."""
+    parser = argparse.ArgumentParser(prog="python -m mednca.experiments.compare",
                                      description="Measure one run's CPU inference time and peak memory.")
     parser.add_argument("--measure", required=True, metavar="RUN", help="run folder")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -279,8 +279,10 @@ def _measure_main(argv: Sequence[str] | None = None) -> int:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    from . import baselines, checkpoint, predict  # noqa: F401
-    from .data import cases, slices, volumes  # noqa: F401
+    from .. import checkpoint  # noqa: F401
+    from ..nn import build  # noqa: F401
+    from ..pipeline import predict  # noqa: F401
+    from ..data import cases, slices, volumes  # noqa: F401
     try:
         import monai.networks.nets  # noqa: F401
     except ImportError:  # only UNet runs need it (and fail to load without it)

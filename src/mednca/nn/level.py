@@ -63,7 +63,7 @@ class NCALevel(nn.Module):
         return torch.cat((x, self.views(x)), 1)
 
     def packed_weights(self) -> StepWeights:
-        """The weights as a step of :func:`mednca.steps.run_steps` uses them, packed once per run
+        """The weights as a step of :func:`mednca.nn.steps.run_steps` uses them, packed once per run
         of the level (not per step); differentiable.
 
         The perception filters' biases are folded into the first layer's bias (the first layer
@@ -71,7 +71,7 @@ class NCALevel(nn.Module):
         ``w0'``'s bias column ``b0 + w0[:, C:3C] @ bv``; so a step's conv has no bias.
 
         Returns:
-            :class:`~mednca.steps.StepWeights`: both perception filters stacked (2C, C, 3, 3); the
+            :class:`~mednca.nn.steps.StepWeights`: both perception filters stacked (2C, C, 3, 3); the
             first layer with its folded bias as the last column (hidden, 3C + 1); the second layer
             (C, hidden) with row 0 (the image channel's update) zero.
         """
@@ -116,25 +116,17 @@ class NCALevel(nn.Module):
         return mask.reshape(-1).nonzero().squeeze(1)
 
     def step(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One stochastic step; channel 0 (the image) is kept as it was."""
-        return self.step_sparse(x, self.fire_mask(x, generator))
+        """One stochastic step on a (B, C, H, W) state; channel 0 (the image) is kept as it was.
+
+        The same as :meth:`step_dense` with :meth:`fire_mask` (same generator state), computing
+        the update only for the firing cells (:func:`mednca.nn.steps.run_steps`); differentiable.
+        """
+        return self(x, 1, generator)
 
     def step_dense(self, x: Tensor, mask: Tensor) -> Tensor:
         """The plain reference step: update every cell, then mask. (B, C, H, W) -> same."""
         x_new = x + self.update(x) * mask
         return torch.cat((x[:, :1], x_new[:, 1:]), 1)
-
-    def step_sparse(self, x: Tensor, mask: Tensor) -> Tensor:
-        """The same step as :meth:`step_dense`, computing the update only for firing cells
-        (:func:`mednca.steps.run_steps`); differentiable.
-
-        Args:
-            x: (B, C, H, W) state.
-            mask: (B, 1, H, W) fire mask from :meth:`fire_mask`.
-        """
-        state = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
-        out = run_steps(state, self.packed_weights(), [self.fired(mask)])
-        return out.permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: Tensor, steps: int, generator: torch.Generator | None = None,
                 checkpoint: bool = False) -> Tensor:

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import Checkpointable
-from .config import MedNCAConfig
-from .nca import NCALevel
+from ..config import MedNCAConfig
+from .base import SegmentationModel
+from .level import NCALevel
 
 
-class MedNCA(Checkpointable, nn.Module):
+class MedNCA(SegmentationModel):
     """Med-NCA (Kalkhof, González, Mukhopadhyay, IPMI 2023).
 
     Level 1 runs ``steps`` steps on the image down-scaled by ``scale`` (global context); its
@@ -25,8 +25,7 @@ class MedNCA(Checkpointable, nn.Module):
         generator: Source of the initial weights (default: torch's global generator).
     """
 
-    #: ``MedNCA.load`` is the public entry point: it rebuilds whatever model a checkpoint holds.
-    load_any_model = True
+    MODEL_TYPES = ("mednca",)
 
     def __init__(self, config: MedNCAConfig | None = None, *, generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import MedNCAConfig
+from ..config import MedNCAConfig
 
 
 def run_demo(out: str | Path | None = None, *, seed: int = 0, epochs: int = 30, n_cases: int = 24,
@@ -26,7 +26,7 @@ def run_demo(out: str | Path | None = None, *, seed: int = 0, epochs: int = 30, 
     Returns:
         The test evaluation results (``summary`` holds the mean test Dice).
     """
-    from .data.synthetic import make_synthetic_dataset
+    from ..data.synthetic import make_synthetic_dataset
     from .evaluate import evaluate_run
     from .train import train
 

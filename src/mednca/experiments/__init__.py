@@ -1,0 +1,1 @@
+"""Experiments built on the pipeline: compare runs, robustness, the report, the speed benchmark."""

@@ -1,0 +1,578 @@
+"""Training: batches of slices -> MedNCA -> Dice+BCE loss -> Adam, into a run folder.
+
+A run folder holds everything needed to understand, resume and reuse a run::
+
+    RUN/config.json        the full config           RUN/split.json   train/val/test case ids
+    RUN/run.json           data folder, seed, version RUN/log.csv      one row per epoch
+    RUN/checkpoints/last.safetensors  (+ last.state.safetensors: optimiser, generator, counters)
+    RUN/checkpoints/best.safetensors  the best validation Dice so far
+
+Every file is written atomically, so killing a run never loses what was already written, and
+``resume=True`` continues from the last checkpoint exactly as if the run had not stopped.
+
+``distributed=True`` (under ``torchrun``) trains one model with DistributedDataParallel over
+``WORLD_SIZE`` processes:
+
+* **Batches.** Every rank computes the same :func:`epoch_order` and takes every
+  ``world_size``-th batch of it (:func:`shard_order`), so one optimizer step sees
+  ``batch_size * world_size`` slices (gradients averaged by DDP) and an epoch is still one pass
+  over the sampled slices, in ``n_batches // world_size`` steps. The learning-rate schedule
+  counts steps and is not rescaled.
+* **Randomness.** The initial weights come from ``seed`` on every rank (and DDP broadcasts rank
+  0's anyway); the fire masks and patch positions of rank ``r`` come from its own generator
+  seeded with :func:`rank_seed` (rank 0's equals the single-process one, so a one-process
+  distributed run reproduces a plain run exactly).
+* **Files.** Only rank 0 touches the run folder: it checks it, picks the split, writes config,
+  log, checkpoints and runs validation; the others receive what they need (split, resume state)
+  from it. ``last.state.safetensors`` holds every rank's generator state, so ``resume`` is exact
+  for the same number of processes (a different number is refused).
+* **Agreement.** A non-finite loss on any rank rolls back every rank; the time budget (rank 0's
+  clock) and SIGINT/SIGTERM stop requests are agreed on at every batch boundary, so all ranks
+  stop after the same batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+
+from ..checkpoint import TrainingState, read_model_file, save_training_state
+from ..config import MedNCAConfig
+from ..data.cases import find_cases
+from ..data.runfolder import RunFolder
+from ..data.slices import SliceData, load_slices
+from ..data.splits import load_split, make_split
+from ..errors import CheckpointError, DataError, MedNCAError, OutputExistsError, TrainingError
+from ..nn.base import SegmentationModel
+from ..nn.build import build_model
+from ..version import __version__
+from . import distributed as D
+from .losses import dice_bce_loss
+
+T = TypeVar("T")
+
+LOG_FIELDS = ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollbacks", "elapsed_s")
+#: Roll-backs after a non-finite loss before training gives up.
+MAX_ROLLBACKS = 20
+#: Batches between the in-memory snapshots a non-finite loss rolls back to.
+SNAPSHOT_EVERY = 50
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training run reports."""
+
+    run_dir: Path
+    epochs_done: int
+    batches_done: int
+    best_val_dice: float
+    elapsed_s: float
+    stopped_early: bool
+    model: SegmentationModel | None = field(default=None, repr=False)  # the final (last) weights, eval mode
+
+
+@dataclass
+class RunState:
+    """Where the training loop is: saved with every checkpoint, restored by ``resume``.
+
+    Attributes:
+        epoch: Completed epochs.
+        batch_in_epoch: Completed batches of the current epoch.
+        step: Optimizer steps so far (batches, roll-backs included): the lr schedule's clock.
+        best: Best validation Dice so far (-1 before the first validation).
+        lr_scale: Learning-rate factor, halved at every roll-back.
+        elapsed_s: Training wall time of all sessions of this run.
+    """
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best: float = -1.0
+    lr_scale: float = 1.0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def epoch_order(data: SliceData, config: MedNCAConfig, seed: int, epoch: int) -> torch.Tensor:
+    """Slice indices of one epoch, a deterministic function of (seed, epoch).
+
+    Slices without foreground are kept with probability ``empty_slice_prob``.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    keep = data.foreground() | (torch.rand(len(data), generator=g) < config.empty_slice_prob)
+    idx = keep.nonzero().squeeze(1)
+    idx = idx[torch.randperm(len(idx), generator=g)]
+    n_batches = config.batches_per_epoch or max(1, len(idx) // config.batch_size)
+    need = n_batches * config.batch_size
+    if need > len(idx):  # repeat the permutation to fill a fixed-length epoch
+        idx = idx.repeat(math.ceil(need / len(idx)))
+    return idx[:need]
+
+
+def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s part of an epoch order: every ``world_size``-th batch, from batch ``rank``.
+
+    All ranks get the same number of whole batches (the last ``n_batches % world_size`` batches
+    are dropped; an epoch of fewer batches than ranks is repeated until every rank has one), so
+    step ``k`` of all ranks together covers batches ``k*world_size ... k*world_size+world_size-1``.
+    """
+    batches = order.view(-1, batch_size)  # (n_batches, batch_size)
+    if len(batches) < world_size:
+        batches = batches.repeat(math.ceil(world_size / len(batches)), 1)
+    steps = len(batches) // world_size
+    return batches[:steps * world_size][rank::world_size].reshape(-1)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank``'s generator (fire masks, patch positions): ``seed`` on rank 0."""
+    return seed + 1_000_003 * rank
+
+
+def lr_at(config: MedNCAConfig, step: int) -> float:
+    """Learning rate of batch ``step``: linear warm-up, then exponential decay per batch."""
+    warm = min(1.0, (step + 1) / config.warmup_batches) if config.warmup_batches else 1.0
+    return config.lr * warm * config.lr_gamma ** step
+
+
+@torch.no_grad()
+def validation_dice(model: SegmentationModel, data: SliceData, seed: int, batch_size: int = 64,
+                    device: torch.device | None = None) -> float:
+    """Mean per-case Dice (3D, on the resized slice grid) of hard predictions; nan if no data.
+
+    ``device``: where the model lives, if not the CPU (batches are moved there).
+    """
+    if len(data) == 0:
+        return float("nan")
+    model.eval()
+    g = torch.Generator(device or "cpu").manual_seed(seed + 7919)
+    preds = []
+    for s in range(0, len(data), batch_size):
+        images = data.images[s:s + batch_size]
+        mean, _ = model.predict_proba(images if device is None else images.to(device), model.config.val_ensemble, g)
+        preds.append((mean > 0.5).cpu())
+    pred = torch.cat(preds).flatten(1)
+    target = data.labels.flatten(1) > 0.5
+    scores = []
+    for i in range(len(data.case_ids)):
+        sel = data.case_index == i
+        p, t = pred[sel], target[sel]
+        total = p.sum() + t.sum()
+        scores.append(1.0 if total == 0 else float(2 * (p & t).sum() / total))
+    model.train()
+    return float(sum(scores) / len(scores))
+
+
+def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = None, *, seed: int = 0,
+          split_file: str | Path | None = None, max_minutes: float | None = None,
+          epochs: int | None = None, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print,
+          distributed: bool = False) -> TrainResult:
+    """Train a Med-NCA on a dataset folder and write a run folder.
+
+    Args:
+        data_dir: MSD or nnU-Net raw task folder (``imagesTr/``, ``labelsTr/``).
+        out: Run folder to create (or continue with ``resume``).
+        config: Model and training settings (default: the hippocampus preset). Ignored on
+            resume: the run's own ``config.json`` is used.
+        seed: Seed of the split, the batch order, the fire masks and patch positions.
+        split_file: JSON with ``train``/``test`` (and optional ``val``) case ids; default a seeded
+            70/10/20 split.
+        max_minutes: Stop after this much training wall time (checkpoints are kept).
+        epochs: Override ``config.epochs``.
+        resume: Continue the run in ``out`` from its last checkpoint.
+        overwrite: Replace an existing run folder.
+        progress: Show a progress bar (on a terminal).
+        log: Where one-line status messages go.
+        distributed: Train with DistributedDataParallel in a process group launched by
+            ``torchrun`` (see the module docstring). Joins the group from torchrun's
+            environment unless one is already initialised, and leaves it again if it joined.
+            Every rank must make the same call; only rank 0 writes files and logs.
+    """
+    info = None
+    joined = distributed and not D.is_initialized()
+    if distributed:
+        info = D.init_from_env()
+    finished = False
+    try:
+        plan = _Plan(Path(data_dir), RunFolder(out), config, seed, Path(split_file) if split_file else None,
+                     epochs, resume, overwrite)
+        result = Trainer(plan, info, progress, log).run(max_minutes)
+        finished = True
+        return result
+    finally:
+        if joined:
+            D.cleanup(synchronize=finished)
+
+
+@dataclass
+class _Plan:
+    """What ``train`` was asked to do, before anything is read or written."""
+
+    data_dir: Path
+    run: RunFolder
+    config: MedNCAConfig | None
+    seed: int
+    split_file: Path | None
+    epochs: int | None
+    resume: bool
+    overwrite: bool
+
+
+class Trainer:
+    """One training run: set up once (run folder, data, model, resume), then a flat loop over
+    batches (:meth:`_train_batch`) and epochs (:meth:`_end_epoch`), saving with :meth:`_save_last`.
+
+    Every rank of a distributed run makes the same calls; the collectives of
+    :mod:`mednca.pipeline.distributed` are no-ops in a single process, so the loop has no
+    special case for it. Only rank 0 (``self.main``) writes files and logs.
+    """
+
+    def __init__(self, plan: _Plan, info: D.DistInfo | None, progress: bool, log: Callable[[str], None]) -> None:
+        self.info = info
+        self.rank, self.world = (info.rank, info.world_size) if info else (0, 1)
+        self.main = self.rank == 0
+        self.device = info.device if info and info.device.type != "cpu" else None
+        self.log = log if self.main else (lambda text: None)
+        self.progress = progress and self.main
+        self.run_folder = plan.run
+        self.config, self.seed, split = _on_main(lambda: _prepare(plan, self.world))
+        self.train_data = self._load(plan.data_dir, split["train"], "train")
+        self.val_data = self._load(plan.data_dir, split["val"], "val")
+        if len(self.train_data) == 0:
+            raise DataError("the training split has no slices")
+        if not bool(self.train_data.foreground().any()):
+            raise DataError(f"no foreground in any training label under {plan.data_dir} "
+                            f"(label={self.config.label}); check the label folder and --label")
+        # Only now that the data is known to be usable is anything written.
+        resumed = _on_main(lambda: _write_or_read(plan, self.config, self.seed, split))
+        self._build(resumed)
+
+    def _load(self, data_dir: Path, ids: list[str], what: str) -> SliceData:
+        wanted = set(ids)
+        cases = [c for c in find_cases(data_dir, self.config.channel) if c.case_id in wanted]
+        t0 = time.perf_counter()
+        data = load_slices(cases, self.config)
+        self.log(f"loaded {what}: {len(cases)} cases, {len(data)} slices ({time.perf_counter() - t0:.1f} s)")
+        return data
+
+    def _build(self, resumed: tuple | None) -> None:
+        """Model, optimiser, generator and loop state: fresh from the seed, or as saved."""
+        config = self.config
+        self.model = build_model(config, generator=torch.Generator().manual_seed(self.seed)).train()
+        if self.device is not None:
+            self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.betas)
+        self.generator = torch.Generator(self.device or "cpu").manual_seed(rank_seed(self.seed, self.rank))
+        self.state = RunState()
+        if resumed is not None:
+            weights, optimizer_state, counters, generator_states = resumed
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(optimizer_state)
+            self.generator.set_state(generator_states[self.rank])
+            self.state = RunState.from_dict(counters)
+            self.log(f"resuming {self.run_folder.path} at epoch {self.state.epoch + 1}, "
+                     f"batch {self.state.batch_in_epoch}")
+        shape = (f"{config.channels} channels, {config.steps} steps/level" if config.model == "mednca"
+                 else "whole-slice training")
+        self.log(f"model: {config.model}, {self.model.num_parameters():,} parameters, {shape}")
+        self.net: torch.nn.Module = self.model
+        if self.info is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.info.local_rank]
+                                               if self.device is not None else None)
+            self.log(f"distributed: {self.world} processes ({self.info.backend}), {config.batch_size} slices "
+                     f"per process and batch, {config.batch_size * self.world} per optimizer step")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, max_minutes: float | None) -> TrainResult:
+        """Train until ``config.epochs`` or the time budget; save the position on an interrupt."""
+        config, state = self.config, self.state
+        budget_s = max_minutes * 60.0 if max_minutes is not None else math.inf
+        self.base_elapsed = state.elapsed_s  # training time of earlier sessions of this run
+        self.t_start = time.perf_counter()
+        self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
+        self.rollbacks_total = 0
+        stopped_early = False
+        stop = _StopRequest()
+        self.batch_start_rng: torch.Tensor | None = None  # generator state before the batch in progress
+        try:
+            while state.epoch < config.epochs and not stopped_early:
+                order = shard_order(epoch_order(self.train_data, config, self.seed, state.epoch),
+                                    config.batch_size, self.rank, self.world)
+                n_batches = len(order) // config.batch_size
+                self.bar = _progress_bar(n_batches, state, config, self.progress)
+                losses, rollbacks = [], 0
+                while state.batch_in_epoch < n_batches:
+                    # rank 0's clock decides; any rank's signal stops all
+                    time_up, stop_requested = D.any_true(
+                        time.perf_counter() - self.t_start >= budget_s and self.main, stop.requested)
+                    if time_up:
+                        stopped_early = True
+                        break
+                    if stop_requested:
+                        raise _AgreedStop
+                    b = state.batch_in_epoch
+                    loss = self._train_batch(order[b * config.batch_size:(b + 1) * config.batch_size])
+                    if loss is None:
+                        rollbacks += 1
+                    else:
+                        losses.append(loss)
+                self._close_bar()
+                self._end_epoch(losses, rollbacks, state.batch_in_epoch >= n_batches)
+        except (KeyboardInterrupt, _AgreedStop) as exc:
+            self._interrupted(agreed=isinstance(exc, _AgreedStop))
+            raise KeyboardInterrupt from None
+        finally:
+            stop.restore()
+        if stopped_early:
+            self.log(f"time budget of {max_minutes:g} min reached; checkpoints saved in "
+                     f"{self.run_folder.checkpoints}")
+        return TrainResult(self.run_folder.path, state.epoch, state.step, state.best, state.elapsed_s,
+                           stopped_early, self.model.eval())
+
+    def _train_batch(self, idx: torch.Tensor) -> float | None:
+        """One optimizer step on the slices ``idx``; its loss, or None if it was rolled back."""
+        config, state = self.config, self.state
+        self.batch_start_rng = self.generator.get_state()
+        lr = lr_at(config, state.step) * state.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = self.train_data.images[idx], self.train_data.labels[idx]
+        if self.device is not None:
+            images, labels = images.to(self.device), labels.to(self.device)
+        logits, target = self.net(images, labels, generator=self.generator)
+        loss = dice_bce_loss(logits, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = D.all_true(bool(torch.isfinite(loss)))  # every rank does backward (DDP) or none does
+        if finite:
+            loss.backward()
+            # Gradients are averaged over the ranks by now, so the norm is the same on all.
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                  config.grad_clip if config.grad_clip > 0 else math.inf)
+            finite = bool(torch.isfinite(norm))
+        state.step += 1
+        state.batch_in_epoch += 1
+        self.batch_start_rng = None  # the batch is complete
+        if not finite:
+            self._roll_back()
+            return None
+        self.optimizer.step()
+        if state.step % SNAPSHOT_EVERY == 0:
+            self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
+        value = loss.item()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+        return value
+
+    def _roll_back(self) -> None:
+        """After a non-finite loss or gradient: back to the last snapshot, at half the lr."""
+        self.rollbacks_total += 1
+        if self.rollbacks_total > MAX_ROLLBACKS:
+            raise TrainingError(f"the loss stayed non-finite after {MAX_ROLLBACKS} roll-backs; "
+                                "lower --set lr=... or set grad_clip")
+        self.snapshot.restore(self.model, self.optimizer)
+        self.state.lr_scale *= 0.5
+        text = (f"non-finite loss at batch {self.state.step - 1}: rolled back to batch {self.snapshot.step}, "
+                f"learning rate scaled to x{self.state.lr_scale:g}")
+        self.bar.write(text) if self.bar is not None else self.log(text)
+
+    def _end_epoch(self, losses: list[float], rollbacks: int, complete: bool) -> None:
+        """Validate and log (if any batch ran), advance the epoch if it is complete, save."""
+        state = self.state
+        elapsed = self.base_elapsed + time.perf_counter() - self.t_start
+        if complete or losses:  # the same on every rank
+            train_loss = D.all_reduce_mean(sum(losses) / max(1, len(losses)))
+            # rank 0 validates while the others wait for its result
+            val = D.broadcast_object(validation_dice(self.model, self.val_data, self.seed, device=self.device)
+                                     if self.main else None)
+            improved = val > state.best or (math.isnan(val) and complete)
+            if improved:
+                state.best = val if not math.isnan(val) else state.best
+                if self.main:
+                    self.model.save(self.run_folder.best, epoch=str(state.epoch + 1), val_dice=f"{val:.6f}")
+            lr_now = lr_at(self.config, state.step) * state.lr_scale
+            row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{lr_now:.6g}",
+                   "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}", "best": int(improved),
+                   "rollbacks": rollbacks, "elapsed_s": f"{elapsed:.1f}"}
+            if self.main:
+                _append_log(self.run_folder.log_file, row)
+            self.log(f"epoch {row['epoch']}{'' if complete else ' (partial)'}: loss {row['train_loss']} "
+                     f"val Dice {val:.4f}{' (best)' if improved else ''}  [{elapsed / 60:.1f} min]")
+        if complete:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        state.elapsed_s = elapsed
+        self._save_last()
+
+    def _save_last(self) -> None:
+        """Write the training state (weights, optimiser, every rank's generator, counters) as one
+        file, then the weights as ``last.safetensors``. A collective: every rank must call it."""
+        states = D.all_gather_object(self.generator.get_state().cpu())
+        if self.main:
+            save_training_state(self.run_folder.last_state, self.model.state_dict(), self.optimizer,
+                                states, dataclasses.asdict(self.state))
+            self.model.save(self.run_folder.last, epoch=str(self.state.epoch))
+
+    def _interrupted(self, agreed: bool) -> None:
+        self._close_bar()
+        where = self.run_folder.checkpoints
+        if self.world > 1 and not agreed:
+            # Interrupted mid-batch on this rank only: the other ranks cannot join a save.
+            self.log(f"interrupted: {where} keeps the position of the last completed epoch")
+            return
+        if self.batch_start_rng is not None:  # a batch was cut short: it will be redone on resume
+            self.generator.set_state(self.batch_start_rng)
+        self.state.elapsed_s = self.base_elapsed + time.perf_counter() - self.t_start
+        self._save_last()
+        self.log(f"interrupted: saved the position (epoch {self.state.epoch + 1}, batch "
+                 f"{self.state.batch_in_epoch}) to {where}")
+
+    def _close_bar(self) -> None:
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _AgreedStop(Exception):
+    """All ranks agreed to stop at this batch boundary (a SIGINT/SIGTERM arrived)."""
+
+
+# -- set-up (run on rank 0, results handed to every rank) -----------------------------------------
+def _prepare(plan: _Plan, world: int) -> tuple[MedNCAConfig, int, dict[str, list[str]]]:
+    """(config, seed, split) of the run: the saved ones on resume, else the given ones."""
+    run = plan.run
+    if plan.resume:
+        if not run.last_state.is_file() or not run.config_file.is_file():
+            raise CheckpointError(f"{run.path} has no checkpoint to resume from (expected {run.last_state})")
+        saved = TrainingState(run.last_state).world_size
+        if saved != world:
+            how = "without --distributed" if saved == 1 else f"with --distributed in {saved} processes"
+            raise CheckpointError(f"{run.path} was trained with {saved} process(es) and resumes exactly only "
+                                  f"with the same number (this is {world}); resume it {how}, or start a new "
+                                  "run from its checkpoint")
+        config, seed, split = run.config(), int(run.info()["seed"]), run.split()
+    else:
+        config, seed = plan.config or MedNCAConfig.preset("hippocampus"), plan.seed
+        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())) and not plan.overwrite:
+            raise OutputExistsError(f"run folder {run.path} already exists; pass --resume to continue it "
+                                    "or --overwrite to start over")
+        ids = [c.case_id for c in find_cases(plan.data_dir, config.channel)]
+        split = load_split(plan.split_file, ids, seed) if plan.split_file else make_split(ids, seed)
+    if plan.epochs is not None:
+        config = config.replace(epochs=plan.epochs)
+    return config, seed, split
+
+
+def _write_or_read(plan: _Plan, config: MedNCAConfig, seed: int, split: dict[str, list[str]]) -> tuple | None:
+    """A new run: create the run folder. A resumed one: (weights, optimiser state, counters,
+    per-rank generator states) from its training state, all on the CPU."""
+    run = plan.run
+    if not plan.resume:
+        info = {"data": str(plan.data_dir.resolve()), "seed": seed, "mednca_version": __version__,
+                "split_file": str(plan.split_file) if plan.split_file else None,
+                "torch_version": torch.__version__}
+        run.create(config, split, info)
+        return None
+    if plan.epochs is not None:
+        run.write_config(config)
+    state = TrainingState(run.last_state)
+    weights = state.model_state
+    if weights is None:  # a state written before it held the weights
+        weights = read_model_file(run.last)[1]
+    return weights, state.optimizer_state, state.counters, state.generator_states
+
+
+def _on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and hand its result (or its error) to every rank."""
+    result, error = None, None
+    if D.is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below on every rank
+            error = exc
+    shared = error if error is None or isinstance(error, MedNCAError) else \
+        MedNCAError(f"rank 0 failed: {type(error).__name__}: {error}")
+    result, shared = D.broadcast_object((result, shared))
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise shared
+    return result
+
+
+# -- small pieces ---------------------------------------------------------------------------------
+class _Snapshot:
+    """An in-memory copy of model and optimiser state to roll back to after a non-finite loss."""
+
+    def __init__(self, model: SegmentationModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+        self.step = step
+        self.model = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = optimizer.state_dict()
+        self.opt_state = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                          for i, s in opt["state"].items()}
+        self.opt_groups = json.loads(json.dumps(opt["param_groups"]))
+
+    def restore(self, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict({"state": {i: {k: (v.clone() if torch.is_tensor(v) else v)
+                                                 for k, v in s.items()} for i, s in self.opt_state.items()},
+                                   "param_groups": json.loads(json.dumps(self.opt_groups))})
+
+
+class _StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next batch boundary (so the
+    saved position is exact); a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress_bar(n_batches: int, state: RunState, config: MedNCAConfig, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=n_batches, initial=state.batch_in_epoch, leave=False, dynamic_ncols=True,
+                desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch")
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
