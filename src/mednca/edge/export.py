@@ -22,26 +22,25 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
 import tempfile
-import time
 import warnings
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import resolve_checkpoint
 from ..config import MedNCAConfig
-from ..errors import CheckpointError, ExportError, MedNCAError
+from ..errors import CheckpointError, ExportError
 from ..fsutil import atomic_path, check_output
-from ..nn.model import MedNCA
+from ..nn.build import load_model
 from ..nn.level import NCALevel
-from .quantize import WEIGHT_PRECISIONS, quantize_onnx
+from ..nn.model import MedNCA
+from ..runtime import time_calls
 from ..version import __version__
+from .quantize import WEIGHT_PRECISIONS, quantize_onnx
 
 #: Export formats and their default file suffix.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -85,17 +84,10 @@ class ExportModule(nn.Module):
             x = level.step_dense(x, (u < level.fire_rate).to(x.dtype))
         return x
 
-    def seed(self, images: Tensor) -> Tensor:
-        """(B, 1, h, w) -> (B, C, h, w): channel 0 the image, the rest 0 (shape-generic)."""
-        return torch.cat((images, torch.zeros_like(images).repeat(1, self.config.channels - 1, 1, 1)), 1)
-
     def forward(self, images: Tensor, noise1: Tensor | None = None, noise2: Tensor | None = None) -> Tensor:
-        """(B, 1, H, W) normalised images -> (B, 1, H, W) logits (see :meth:`MedNCA.forward`)."""
-        s = self.config.scale
-        state = self.run_level(self.model.level1, self.seed(F.avg_pool2d(images, s)), noise1)
-        state = F.interpolate(state, scale_factor=float(s), mode="nearest")  # (B, C, H, W)
-        state = torch.cat((images, state[:, 1:]), 1)
-        return self.run_level(self.model.level2, state, noise2)[:, 1:2]
+        """(B, 1, H, W) normalised images -> (B, 1, H, W) logits (see :meth:`MedNCA.run_levels`)."""
+        noise = {1: noise1, 2: noise2}
+        return self.model.run_levels(images, lambda level, x, index: self.run_level(level, x, noise[index]))[:, 1:2]
 
 
 def draw_noise(config: MedNCAConfig, batch: int, height: int, width: int,
@@ -317,8 +309,6 @@ def onnx_benchmark(model: MedNCA | str | Path, *, size: int = 64, batch: int = 1
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         return _time_onnx(Path(model), size, batch, repeats, warmup, threads)
     if isinstance(model, (str, Path)):
-        from ..nn.build import load_model
-
         model = load_model(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_model(model, Path(tmp) / "model.onnx")
@@ -329,12 +319,7 @@ def _time_onnx(path: Path, size: int, batch: int, repeats: int, warmup: int,
                threads: int | None) -> dict[str, Any]:
     runner = OnnxSegmenter(path, threads)
     images = torch.rand((batch, 1, size, size), generator=torch.Generator().manual_seed(0))
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        runner.logits(images)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000.0 / batch)
-    return {"file_bytes": path.stat().st_size, "ms_per_slice": statistics.median(times),
-            "ms_per_slice_min": min(times), "size": size, "batch": batch, "repeats": repeats,
-            "threads": threads, "onnxruntime": runner._ort.__version__}
+    timings = time_calls(lambda: runner.logits(images), repeats, warmup=warmup)
+    return {"file_bytes": path.stat().st_size, "ms_per_slice": timings.median_ms / batch,
+            "ms_per_slice_min": min(timings.timed) * 1000.0 / batch, "size": size, "batch": batch,
+            "repeats": repeats, "threads": threads, "onnxruntime": runner._ort.__version__}

@@ -952,7 +952,7 @@ def run_cli(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mednca.experiments.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from ..cli import add_bench_arguments
+    from ..cli.experiments import add_bench_arguments
 
     add_bench_arguments(parser)
     internal = parser.add_argument_group("one measurement (run by the benchmark in a fresh process)")

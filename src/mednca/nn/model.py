@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import MedNCAConfig
 from .base import SegmentationModel
 from .level import NCALevel
+
+#: Runs one level's steps: ``(level, (B, C, h, w) state, level index 1 or 2) -> new state``.
+RunLevel = Callable[[NCALevel, Tensor, int], Tensor]
 
 
 class MedNCA(SegmentationModel):
@@ -36,10 +40,34 @@ class MedNCA(SegmentationModel):
 
     # -- pieces ----------------------------------------------------------------------------
     def seed(self, images: Tensor) -> Tensor:
-        """(B, 1, H, W) images -> (B, C, H, W) initial state: channel 0 = image, the rest 0."""
-        b, _, h, w = images.shape
-        hidden = images.new_zeros((b, self.config.channels - 1, h, w))
+        """(B, 1, H, W) images -> (B, C, H, W) initial state: channel 0 = image, the rest 0.
+
+        Written with shape-generic ops only, so a traced export keeps batch and sides dynamic.
+        """
+        hidden = torch.zeros_like(images).expand(-1, self.config.channels - 1, -1, -1)
         return torch.cat((images, hidden), 1)
+
+    def hand_over(self, small: Tensor, images: Tensor) -> Tensor:
+        """Level 1's (B, C, H/s, W/s) state -> level 2's (B, C, H, W) start: up-scaled (nearest),
+        channel 0 replaced by the full-resolution (B, 1, H, W) images."""
+        state = F.interpolate(small, scale_factor=float(self.config.scale), mode="nearest")
+        return torch.cat((images, state[:, 1:]), 1)
+
+    def run_levels(self, images: Tensor, run_level: RunLevel) -> Tensor:
+        """The two-level pipeline on whole images, with each level's steps run by ``run_level``.
+
+        ``run_level(level, state, index)`` runs ``config.steps`` steps of ``level`` (index 1 or 2)
+        on a (B, C, h, w) state and returns the new state. :meth:`forward` runs the fused steps;
+        the ONNX export runs dense steps with in-graph noise; the report records every step.
+
+        Args:
+            images: (B, 1, H, W) images, H and W multiples of ``scale``.
+
+        Returns:
+            (B, C, H, W) final level-2 state (channel 1 = segmentation logit).
+        """
+        small = run_level(self.level1, self.seed(F.avg_pool2d(images, self.config.scale)), 1)
+        return run_level(self.level2, self.hand_over(small, images), 2)
 
     def level1_state(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 1, H, W) images -> (B, C, H/s, W/s) level-1 state, run on the down-scaled images."""
@@ -52,9 +80,7 @@ class MedNCA(SegmentationModel):
         Returns:
             (B, C, H, W) state: level-1 state up-scaled (nearest), channel 0 = full-res image.
         """
-        state = self.level1_state(images, generator)
-        state = F.interpolate(state, scale_factor=self.config.scale, mode="nearest")  # (B, C, H, W)
-        return torch.cat((images, state[:, 1:]), 1)
+        return self.hand_over(self.level1_state(images, generator), images)
 
     def patch_state(self, small: Tensor, images: Tensor, origins: Tensor) -> Tensor:
         """The window of :meth:`global_state` at ``origins``, read straight from the level-1 state.
@@ -134,9 +160,10 @@ class MedNCA(SegmentationModel):
             ``(logits_p, labels_p)`` of (B, 1, P, P) patch logits and the same patch of labels.
         """
         self._check(images)
-        if labels is None:
-            state = self.global_state(images, generator)  # (B, C, H, W)
-            return self.level2(state, self.config.steps, generator)[:, 1:2]
+        c = self.config
+        if labels is None:  # level 1 checkpointed as in training (it matters only with gradients)
+            return self.run_levels(images, lambda level, x, index: level(
+                x, c.steps, generator, c.grad_checkpoint and index == 1))[:, 1:2]
         if labels.shape != images.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must match images {tuple(images.shape)}")
         p = self.config.patch_size
