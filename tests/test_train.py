@@ -97,6 +97,50 @@ def test_resume_is_exact(tmp_path, synthetic_task, tiny_config):
     assert [r["train_loss"] for r in straight] == [r["train_loss"] for r in resumed]
 
 
+def test_resume_takes_the_weights_from_the_state_file(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    """A crash after the training state was written but before last.safetensors was: resume
+    continues from the state's own weights, not from the older last.safetensors."""
+    from mednca.nn.base import SegmentationModel
+
+    train(synthetic_task, tmp_path / "straight", tiny_config, seed=0, epochs=3, **_quiet())
+    run = tmp_path / "run"
+    train(synthetic_task, run, tiny_config, seed=0, epochs=1, **_quiet())
+    stale = _weights(run)
+    real_save = SegmentationModel.save
+
+    def save(self, path, **metadata):
+        if path.name == "last.safetensors":
+            raise KeyboardInterrupt  # killed between the two writes
+        return real_save(self, path, **metadata)
+
+    monkeypatch.setattr(SegmentationModel, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_task, run, None, resume=True, epochs=2, **_quiet())
+    monkeypatch.undo()
+    assert _same(_weights(run), stale)  # last.safetensors is the epoch-1 one ...
+    result = train(synthetic_task, run, None, resume=True, epochs=3, **_quiet())
+    assert (result.epochs_done, result.batches_done) == (3, 18)  # ... the state says epoch 2
+    assert _same(_weights(tmp_path / "straight"), _weights(run))
+
+
+def test_resume_of_a_state_written_without_weights(tmp_path, synthetic_task, tiny_config):
+    """Runs from before the weights were kept in the training state resume from last.safetensors."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    train(synthetic_task, tmp_path / "straight", tiny_config, seed=0, epochs=2, **_quiet())
+    run = tmp_path / "run"
+    train(synthetic_task, run, tiny_config, seed=0, epochs=1, **_quiet())
+    state = run / "checkpoints" / "last.state.safetensors"
+    with safe_open(str(state), framework="pt") as f:
+        meta = f.metadata()
+        old = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("model.")}
+    assert len(old) < len(load_file(str(state)))
+    save_file(old, str(state), metadata=meta)
+    train(synthetic_task, run, None, resume=True, epochs=2, **_quiet())
+    assert _same(_weights(tmp_path / "straight"), _weights(run))
+
+
 def test_interrupt_leaves_resumable_checkpoint(tmp_path, synthetic_task, tiny_config, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr(train_mod, "dice_bce_loss", _fail_on_call(4, lambda loss: KeyboardInterrupt()))
