@@ -202,11 +202,6 @@ class MedNCAConfig:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         return cls.from_dict(data)
 
-    @property
-    def small_size(self) -> int:
-        """Side of the level-1 (down-scaled) grid."""
-        return self.image_size // self.scale
-
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse a ``key=value`` command-line override; the value is read as JSON when it can be.

@@ -162,8 +162,7 @@ def export_model(model: MedNCA, path: str | Path, format: str = "onnx", *, batch
     """
     _check_format(format)
     if not isinstance(model, MedNCA):
-        kind = getattr(getattr(model, "config", None), "model", type(model).__name__)
-        raise ExportError(f"export supports Med-NCA models only, this is a {kind!r} model; run UNet "
+        raise ExportError(f"export supports Med-NCA models only, this is a {model.config.model!r} model; run UNet "
                           "baselines with 'mednca predict' (PyTorch runtime)")
     if weights not in WEIGHT_PRECISIONS:
         raise ExportError(f"unknown weight precision {weights!r}; choose one of: {', '.join(WEIGHT_PRECISIONS)}")

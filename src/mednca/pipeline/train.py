@@ -311,6 +311,7 @@ class Trainer:
         stopped_early = False
         stop = _StopRequest()
         self.batch_start_rng: torch.Tensor | None = None  # generator state before the batch in progress
+        self.bar = None  # the current epoch's progress bar (on a terminal)
         try:
             while state.epoch < config.epochs and not stopped_early:
                 order = shard_order(epoch_order(self.train_data, config, self.seed, state.epoch),
@@ -445,7 +446,7 @@ class Trainer:
                  f"{self.state.batch_in_epoch}) to {where}")
 
     def _close_bar(self) -> None:
-        if getattr(self, "bar", None) is not None:
+        if self.bar is not None:
             self.bar.close()
             self.bar = None
 
