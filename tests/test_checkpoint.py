@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,20 @@ def test_checkpoint_has_normal_permissions(tmp_path, tiny_config):
     os.umask(umask)
     path = _model(tiny_config).save(tmp_path / "m.safetensors")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_checkpoint_written_by_mednca_0_1_0_before_the_layout_change_still_predicts_the_same():
+    """tests/fixtures/mednca-0.1.0-tiny.safetensors and its expected output were written by the
+    code before the package was split into layers (commit 55d2976)."""
+    from safetensors.torch import load_file
+
+    import mednca
+
+    model = mednca.load_model(FIXTURES / "mednca-0.1.0-tiny.safetensors")
+    assert isinstance(model, MedNCA) and MedNCA.load(FIXTURES / "mednca-0.1.0-tiny.safetensors").config == model.config
+    expected = load_file(str(FIXTURES / "mednca-0.1.0-tiny.expected.safetensors"))
+    mean, std = model.predict_proba(expected["images"], 3, torch.Generator().manual_seed(4))
+    assert torch.equal(mean, expected["mean"]) and torch.equal(std, expected["std"])
