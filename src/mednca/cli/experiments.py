@@ -48,6 +48,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         log(f"written to {md} and {js}")
     return 0
 
+
 def add_robustness(sub) -> None:
     p = sub.add_parser("robustness", help="Dice of runs under graded MRI artefacts and geometry changes",
                        description="Score each run's model on perturbed copies of its test cases: MRI "
@@ -81,8 +82,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
                           perturbations=args.perturbation, overwrite=args.overwrite,
                           progress=case_progress("robustness"))
     log(f"{len(rows)} rows written to {out / 'robustness.csv'}; summary {out / 'robustness.json'}, "
-         f"plot {out / 'robustness.png'}")
+        f"plot {out / 'robustness.png'}")
     return 0
+
 
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="a Markdown report: comparison, robustness, quality, example cases",
@@ -109,6 +111,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                        split=args.split, data_dir=args.data, seed=args.seed, overwrite=args.overwrite)
     log(f"report written to {path}")
     return 0
+
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``mednca bench`` (also used by ``python -m mednca.experiments.bench``; no torch import)."""

@@ -42,6 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     log(f"wrote {args.format} model {path} ({path.stat().st_size:,} bytes, {args.weights} weights)")
     return 0
 
+
 def add_info(sub) -> None:
     p = sub.add_parser("info", help="show a checkpoint's version, size and config")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder")
@@ -58,10 +59,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     n = sum(t.numel() for k, t in tensors.items()  # batch-norm statistics (UNets) are not parameters
             if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     log(f"checkpoint {path}\n  mednca {meta.get('mednca_version')}, format {meta.get('format')}, "
-         f"{n:,} parameters" + (f", epoch {meta['epoch']}" if "epoch" in meta else "")
-         + (f", val Dice {float(meta['val_dice']):.4f}" if "val_dice" in meta else ""))
+        f"{n:,} parameters" + (f", epoch {meta['epoch']}" if "epoch" in meta else "")
+        + (f", val Dice {float(meta['val_dice']):.4f}" if "val_dice" in meta else ""))
     log(json.dumps(json.loads(meta["config"]), indent=2))
     return 0
+
 
 def add_presets(sub) -> None:
     p = sub.add_parser("presets", help="list the named presets, or print one as JSON")
@@ -80,8 +82,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
         for name in PRESETS:
             c = MedNCAConfig.preset(name)
             log(f"{name:18s} {c.channels} channels, {c.steps} steps/level, {c.image_size}² slices, "
-                 f"{c.patch_size}² patches, batch {c.batch_size}, lr {c.lr:g}")
+                f"{c.patch_size}² patches, batch {c.batch_size}, lr {c.lr:g}")
     return 0
+
 
 def add_download(sub) -> None:
     p = sub.add_parser("download", help="fetch and unpack a Medical Segmentation Decathlon task",

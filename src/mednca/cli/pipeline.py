@@ -30,6 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, seed=args.seed, epochs=args.epochs, max_minutes=args.max_minutes, log=log)
     return 0
 
+
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a Med-NCA on an MSD or nnU-Net task folder",
                        description="Train Med-NCA on 2D slices of a Medical Segmentation Decathlon "
@@ -94,8 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not is_main():  # rank 0 reports for all
             return 0
     log(f"done: {result.epochs_done} epochs, {result.batches_done} batches, best val Dice "
-         f"{result.best_val_dice:.4f}, {result.elapsed_s / 60:.1f} min; run folder {result.run_dir}")
+        f"{result.best_val_dice:.4f}, {result.elapsed_s / 60:.1f} min; run folder {result.run_dir}")
     return 0
+
 
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment a NIfTI file or a folder of them",
@@ -143,6 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     log(f"wrote {len(written)} file(s) to {args.output}")
     return 0
 
+
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice, HD95 and volumes of masks against labels",
                        description="Per-case Dice on hard 3D masks (both empty = 1, one empty = 0), 95%% "
@@ -179,13 +182,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         path = Path(args.output)
     s = results["summary"]
     log(f"{len(results['cases'])} cases: Dice {s['dice']['mean']:.4f} ± {s['dice']['std']:.4f}, "
-         f"HD95 {s['hd95_mm']['mean']:.2f} ± {s['hd95_mm']['std']:.2f} mm; written to {path} and "
-         f"{path.with_suffix('.csv')}")
+        f"HD95 {s['hd95_mm']['mean']:.2f} ± {s['hd95_mm']['std']:.2f} mm; written to {path} and "
+        f"{path.with_suffix('.csv')}")
     q = results.get("quality")
     if q:
         rho = "n/a" if q["spearman_dice"] is None else f"{q['spearman_dice']:.3f}"
         caught = ("no failures" if q["caught_share"] is None else
                   f"{q['failures_caught']}/{q['n_failures']} failures (Dice < {q['failure_dice']}) caught")
         log(f"quality (K={q['ensemble']}, lower = more confident): mean {s['quality']['mean']:.4g}, "
-             f"Spearman vs Dice {rho}; flagging the worst {q['n_flagged']} case(s): {caught}")
+            f"Spearman vs Dice {rho}; flagging the worst {q['n_flagged']} case(s): {caught}")
     return 0
