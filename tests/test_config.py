@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 
 import pytest
@@ -66,9 +68,30 @@ def test_unknown_keys_raise():
     (dict(image_size=32, patch_size=64), "exceeds image_size"),
     (dict(fire_rate=1.5), "fire_rate"),
     (dict(fire_rate=-0.1), "fire_rate"),
-    (dict(channels=1), "channels must be >= 2"),
-    (dict(steps=0), "steps must be a positive integer"),
-    (dict(channels=2.5), "channels must be a positive integer"),
+    (dict(channels=1), "channels must be an integer from 2 to 256, got 1"),
+    (dict(steps=0), "steps must be an integer from 1 to 1024, got 0"),
+    (dict(channels=2.5), "channels must be an integer from 2 to 256, got 2.5"),
+    # hostile sizes (a checkpoint's config asking for unbounded time or memory)
+    (dict(steps=1_000_000_000), "steps must be an integer from 1 to 1024"),
+    (dict(channels=30000), "channels must be an integer from 2 to 256"),
+    (dict(image_size=1 << 20, patch_size=16), "image_size must be an integer from 1 to 2048"),
+    (dict(hidden=10**6), "hidden"),
+    (dict(scale=1000), "scale"),
+    (dict(channels=256, hidden=4096, steps=1024, image_size=2048), "too large to run"),
+    (dict(val_ensemble=10**6), "val_ensemble"),
+    # wrong types name their field
+    (dict(channel="abc"), "channel must be an integer from 0 to 1024, got 'abc'"),
+    (dict(channel=1.5), "channel must be an integer"),
+    (dict(grad_checkpoint="yes"), "grad_checkpoint must be true or false"),
+    (dict(grad_checkpoint=1), "grad_checkpoint must be true or false"),
+    (dict(warmup_batches=-1), "warmup_batches"),
+    (dict(warmup_batches="many"), "warmup_batches"),
+    (dict(name=123), "name must be a string"),
+    (dict(label="x"), "label must be a positive label value or null"),
+    (dict(lr=float("nan")), "lr must be a finite number"),
+    (dict(betas=[0.9, "x"]), "betas"),
+    (dict(betas=[0.9, 1.0]), "betas"),
+    (dict(model=["mednca"]), "model must be one of"),
     (dict(axis=3), "axis"),
     (dict(interpolation="nearest"), "interpolation"),
     (dict(normalization="zscore"), "normalization"),
@@ -77,8 +100,13 @@ def test_unknown_keys_raise():
     (dict(lr_gamma=0.0), "lr_gamma"),
 ])
 def test_invalid_values_raise_clear_errors(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         MedNCAConfig.from_dict(overrides)
+
+
+def test_the_paper_models_are_within_the_limits():
+    for name in ("hippocampus", "prostate", "paper-hippocampus", "paper-prostate"):
+        MedNCAConfig.preset(name, steps=64)  # the authors' prostate setting
 
 
 def test_unknown_preset():

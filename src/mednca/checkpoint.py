@@ -86,22 +86,25 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.T
     return meta, tensors
 
 
-def header_config(meta: dict[str, str], source: str | Path) -> MedNCAConfig:
-    """The :class:`MedNCAConfig` in a checkpoint header (``config``, JSON)."""
+def parse_config(text: str | None, source: str | Path) -> MedNCAConfig:
+    """The :class:`MedNCAConfig` stored as JSON text in a model file (checkpoint header, ONNX
+    metadata), validated and size-bounded before anything is built from it."""
     try:
-        data = json.loads(meta["config"])
+        if text is None:
+            raise ConfigError("no config")
+        data = json.loads(text)
         if not isinstance(data, dict):
             raise ConfigError(f"expected a JSON object, got {type(data).__name__}")
         return MedNCAConfig.from_dict(data)
-    except (KeyError, json.JSONDecodeError, ConfigError) as exc:
-        raise CheckpointError(f"{source}: the checkpoint's config is invalid ({exc})") from exc
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{source}: the model's config is invalid ({exc})") from exc
 
 
 def read_model_file(path: str | Path) -> tuple[MedNCAConfig, dict[str, torch.Tensor], Path]:
     """(config, weights, resolved file) of a checkpoint file or run folder."""
     path = resolve_checkpoint(path)
     meta, tensors = read_checkpoint(path)
-    return header_config(meta, path), tensors, path
+    return parse_config(meta.get("config"), path), tensors, path
 
 
 def save_training_state(path: str | Path, model_state: dict[str, torch.Tensor],

@@ -20,6 +20,44 @@ NORMALIZATIONS = ("minmax", "percentile")
 #: Values of ``MedNCAConfig.model``: Med-NCA or one of the UNet baselines (see mednca.nn.unet).
 MODEL_TYPES = ("mednca", "unet", "unet-small")
 
+#: (minimum, maximum) of every integer field (maximum None: unbounded). The upper bounds keep a
+#: config read from a file (a checkpoint, an ONNX model's metadata, a config.json) from asking
+#: for unbounded time or memory: the paper's largest model has 32 channels, hidden 128, 64 steps
+#: and 256² slices.
+INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "channels": (2, 256), "hidden": (1, 4096), "steps": (1, 1024), "scale": (1, 64),
+    "image_size": (1, 2048), "patch_size": (1, 2048), "axis": (0, 2), "channel": (0, 1024),
+    "batch_size": (1, 4096), "warmup_batches": (0, None), "epochs": (1, None), "batches_per_epoch": (0, None),
+    "val_ensemble": (1, 64),
+}
+#: (minimum, maximum, minimum excluded) of every real-valued field.
+FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "fire_rate": (0.0, 1.0, False), "lr": (0.0, None, True), "lr_gamma": (0.0, 1.0, True),
+    "fg_patch_prob": (0.0, 1.0, False), "empty_slice_prob": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
+                                       "model": MODEL_TYPES}
+#: Largest :meth:`MedNCAConfig.step_work` accepted: about 15x the paper's prostate model (64 steps),
+#: a few minutes per slice on a laptop CPU.
+MAX_STEP_WORK = 2 * 10 ** 12
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None, what: str | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not ok:
+        what = what or (f"an integer >= {low}" if high is None else f"an integer from {low} to {high}")
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float | None, low_open: bool,
+                 high_open: bool = False) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = number and (value > low if low_open else value >= low) and (
+        high is None or (value < high if high_open else value <= high))
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"{name} must be a finite number in {bounds}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class MedNCAConfig:
@@ -103,54 +141,44 @@ class MedNCAConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        _positive = ("channels", "hidden", "steps", "scale", "image_size", "patch_size",
-                     "batch_size", "epochs", "val_ensemble")
-        for name in _positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.channels < 2:
-            raise ConfigError(f"channels must be >= 2 (image + logit), got {self.channels}")
-        for fname in ("fire_rate", "lr", "lr_gamma", "fg_patch_prob", "empty_slice_prob", "grad_clip"):
-            value = getattr(self, fname)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{fname} must be a finite number, got {value!r}")
-        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2 or not all(
-                isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
+        for name, (low, high) in INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high)
+        for name, (low, high, low_open) in FLOAT_RANGES.items():
+            _check_float(name, getattr(self, name), low, high, low_open)
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+        if not isinstance(self.grad_checkpoint, bool):
+            raise ConfigError(f"grad_checkpoint must be true or false, got {self.grad_checkpoint!r}")
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, got {self.name!r}")
+        if self.label is not None:
+            _check_int("label", self.label, 1, None, "a positive label value or null")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not 0.0 <= self.fire_rate <= 1.0:
-            raise ConfigError(f"fire_rate must be in [0, 1], got {self.fire_rate}")
+        for b in self.betas:
+            _check_float("betas", b, 0.0, 1.0, False, high_open=True)
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
         if self.image_size % self.scale:
             raise ConfigError(f"image_size {self.image_size} is not divisible by scale {self.scale}")
         if self.patch_size > self.image_size:
             raise ConfigError(f"patch_size {self.patch_size} exceeds image_size {self.image_size}")
-        if self.axis not in (0, 1, 2):
-            raise ConfigError(f"axis must be 0, 1 or 2, got {self.axis}")
-        if self.channel < 0:
-            raise ConfigError(f"channel must be >= 0, got {self.channel}")
-        if self.label is not None and (isinstance(self.label, bool) or self.label < 1):
-            raise ConfigError(f"label must be a positive label value or None, got {self.label}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ConfigError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.model not in MODEL_TYPES:
-            raise ConfigError(f"model must be one of {MODEL_TYPES}, got {self.model!r}")
         if self.model != "mednca" and self.image_size < 16:
             raise ConfigError(f"a UNet (model={self.model!r}) needs image_size >= 16, got {self.image_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if not 0.0 < self.lr_gamma <= 1.0:
-            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        for name in ("warmup_batches", "batches_per_epoch"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("fg_patch_prob", "empty_slice_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        work = self.step_work()
+        if self.model == "mednca" and work > MAX_STEP_WORK:
+            raise ConfigError(f"the model is too large to run: steps x image_size² x per-cell work = {work:.2g} "
+                              f"multiply-adds per slice and level (limit {MAX_STEP_WORK:.0e}); lower steps, "
+                              "image_size, channels or hidden")
+
+    def step_work(self) -> int:
+        """Multiply-adds of one Med-NCA level on one whole ``image_size``² slice (all steps,
+        every cell updated): what bounds the time a config can ask for."""
+        per_cell = 2 * 9 * self.channels ** 2 + 3 * self.channels * self.hidden + self.hidden * self.channels
+        return self.steps * self.image_size ** 2 * per_cell
 
     # -- presets ---------------------------------------------------------------------------
     @classmethod

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import resolve_checkpoint
+from ..checkpoint import parse_config, resolve_checkpoint
 from ..config import MedNCAConfig
 from ..errors import CheckpointError, ExportError
 from ..fsutil import atomic_path, check_output
@@ -238,7 +238,7 @@ class OnnxSegmenter:
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         if META_CONFIG not in self.metadata:
             raise CheckpointError(f"{self.path} is an ONNX model but was not exported by mednca (no config)")
-        self.config = MedNCAConfig.from_dict(json.loads(self.metadata[META_CONFIG]))
+        self.config = parse_config(self.metadata[META_CONFIG], self.path)
         self.explicit_noise = self.metadata.get(META_NOISE) == "input"
         self._bytes = proto.SerializeToString()
         self.threads = threads
