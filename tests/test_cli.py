@@ -180,7 +180,7 @@ def test_unknown_preset(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("item, fragment", [("stepz=3", "unknown config field(s): stepz"),
                                             ("steps", "not of the form key=value"),
-                                            ("steps=0", "steps must be a positive integer")])
+                                            ("steps=0", "steps must be an integer from 1 to 1024")])
 def test_bad_set(tmp_path: Path, capsys, item: str, fragment: str) -> None:
     rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "demo", "--set", item])
     assert_error(capsys, rc, fragment)
