@@ -266,7 +266,7 @@ def test_predict_bad_ensemble_is_a_one_line_error(trained, tmp_path: Path, capsy
 def test_failed_train_leaves_no_half_made_run(tmp_path: Path, capsys) -> None:
     data = make_synthetic_dataset(tmp_path / "data", n_cases=3, shape=(8, 8, 2))
     args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY]
-    assert_error(capsys, main([*args, "--set", "lr=-1"]), "lr must be > 0")
+    assert_error(capsys, main([*args, "--set", "lr=-1"]), "lr must be a finite number in (0, inf), got -1")
     assert_error(capsys, main([*args, "--set", "axis=1", "--label", "7"]), "no foreground")
     run = tmp_path / "run"
     assert not run.exists() or not any(run.iterdir())
