@@ -12,7 +12,7 @@ from mednca.cli import main
 from mednca.experiments.compare import compare_runs, markdown_table, measure_run_isolated, write_comparison
 from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_synthetic_dataset
-from mednca.errors import DataError, OutputExistsError
+from mednca.errors import DataError, MedNCAError, OutputExistsError
 from mednca.nn.model import MedNCA
 
 FIELDS = ("run", "name", "model", "parameters", "checkpoint", "checkpoint_bytes", "dice_mean", "dice_std",
@@ -66,6 +66,12 @@ def test_compare_isolated_memory(runs) -> None:
     assert row["rss_increase_mb"] == pytest.approx(row["rss_peak_mb"] - row["rss_baseline_mb"])
 
 
+def test_compare_isolated_failure(tmp_path: Path) -> None:
+    """The measuring process's error line becomes the message."""
+    with pytest.raises(MedNCAError, match="measuring .*nope failed: mednca: error: .*does not exist"):
+        measure_run_isolated(tmp_path / "nope", repeats=1)
+
+
 def test_compare_evaluate_and_write(runs, tmp_path: Path) -> None:
     _, unet = runs
     nca = shutil.copytree(runs[0], tmp_path / "nca")  # evaluated here; the fixture's stays unevaluated
@@ -78,6 +84,10 @@ def test_compare_evaluate_and_write(runs, tmp_path: Path) -> None:
         write_comparison(rows, tmp_path / "table.md")
     with pytest.raises(DataError, match="not a run folder"):
         compare_runs([tmp_path / "nope"])
+    for broken in ("{", '{"summary": {}}'):
+        (nca / "eval_test.json").write_text(broken)
+        with pytest.raises(DataError, match="eval_test.json is not a mednca evaluation result .*--overwrite"):
+            compare_runs([nca], isolate=False)
     with pytest.raises(DataError, match="not a trained run folder"):
         compare_runs([tmp_path])
 

@@ -80,9 +80,9 @@ def test_nca_frames_match_the_model(evaluated) -> None:
 
 def test_report_with_compare_and_a_non_nca_model(evaluated, tmp_path: Path, monkeypatch) -> None:
     """A compare JSON's rows become the table; a model that is not a MedNCA gets no GIF."""
-    import mednca.nn.build
+    import mednca.experiments.report as report
 
-    real = mednca.nn.build.load_model
+    real = report.load_model
 
     class Wrapped(torch.nn.Module):  # any model with .config and .predict_proba
         def __init__(self, inner) -> None:
@@ -93,7 +93,7 @@ def test_report_with_compare_and_a_non_nca_model(evaluated, tmp_path: Path, monk
         def predict_proba(self, images, ensemble=1, generator=None):
             return self.inner.predict_proba(images, ensemble, generator)
 
-    monkeypatch.setattr(mednca.nn.build, "load_model", lambda p: Wrapped(real(p)))
+    monkeypatch.setattr(report, "load_model", lambda p: Wrapped(real(p)))
     data, run, _ = evaluated
     cmp = tmp_path / "cmp.json"
     cmp.write_text(json.dumps({"rows": [{"name": "run", "model": "mednca", "parameters": 3392,

@@ -16,8 +16,9 @@ from mednca.cli import main
 from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_case, make_synthetic_dataset
 from mednca.errors import DataError
-from mednca.experiments.robustness import (PERTURBATIONS, Context, case_rng, perturb, run_robustness, shift,
-                               translation_params, zoom)
+from mednca.experiments.perturbations import (PERTURBATIONS, Context, case_rng, perturb, shift, translation_params,
+                                              zoom)
+from mednca.experiments.robustness import run_robustness
 from mednca.pipeline.train import train
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -122,6 +122,10 @@ class RunFolder:
         """The task folder: ``override`` if given, else the one the run was trained on."""
         return Path(override) if override else Path(self.info()["data"])
 
+    def eval_results(self, split: str = "test") -> dict[str, Any]:
+        """``eval_{split}.json``: ``cases``, ``summary``, ... (see :mod:`mednca.pipeline.evaluate`)."""
+        return self._json(self.eval_file(split))
+
     def checkpoint(self) -> Path:
         """The best checkpoint, else the last one."""
         return resolve_checkpoint(self.path)

@@ -22,17 +22,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import nibabel  # noqa: F401  (imported before the measuring process's baseline: reading volumes needs it)
+import numpy as np
+import torch
+
+from ..config import MedNCAConfig
+from ..data.cases import find_cases
+from ..data.runfolder import RunFolder
+from ..data.volumes import read_image
 from ..errors import CheckpointError, DataError, MedNCAError
+from ..formats import MISSING, cell, write_json
 from ..fsutil import atomic_write_text, check_output
-from ..runtime import peak_rss_mb
+from ..nn.build import load_model
+from ..pipeline.evaluate import evaluate_run
+from ..pipeline.predict import predict_volume
+from ..runtime import peak_rss_mb, run_json_process, time_calls
 
 #: Slices of the synthetic volume timed when a run's test case cannot be read.
 SYNTHETIC_SLICES = 32
@@ -44,36 +52,20 @@ CONVENTIONS = ("CPU inference (PyTorch, eval mode, one pass): per slice = one im
                "Test Dice/HD95 from the run's eval_test.json.")
 
 
-def _timing_volume(run: Path, config) -> tuple[Any, str]:
+def _timing_volume(run: RunFolder, config: MedNCAConfig) -> tuple[np.ndarray, str]:
     """(volume array, where it came from): the run's first test case, else a synthetic volume."""
-    import numpy as np
-
     try:
-        split = json.loads((run / "split.json").read_text())
-        data_dir = Path(json.loads((run / "run.json").read_text())["data"])
-        from ..data.cases import find_cases
-        from ..data.volumes import read_image
-
-        for case_id in split.get("test", []):
-            cases = [c for c in find_cases(data_dir, config.channel) if c.case_id == case_id]
-            if cases:
-                return read_image(cases[0].image, cases[0].channel).data, f"test case {case_id}"
+        ids = run.split_ids("test")
+        found = {c.case_id: c for c in find_cases(run.data_dir(), config.channel)}
+        case = next((found[i] for i in ids if i in found), None)
+        if case is not None:
+            return read_image(case.image, case.channel).data, f"test case {case.case_id}"
     except (OSError, KeyError, ValueError, MedNCAError):
         pass  # no readable test case: time a synthetic volume instead
     shape = [config.image_size] * 3
     shape[config.axis] = SYNTHETIC_SLICES
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
     return volume, f"synthetic {'x'.join(map(str, shape))}"
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def measure_run(run: str | Path, *, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:
@@ -83,22 +75,17 @@ def measure_run(run: str | Path, *, repeats: int = 5, threads: int | None = None
         ``{"model", "parameters", "image_size", "ms_per_slice", "ms_per_volume", "volume_shape",
         "volume_source", "threads", "repeats"}``.
     """
-    import torch
-
-    from ..nn.build import load_model
-    from ..pipeline.predict import predict_volume
-
     if threads:
         torch.set_num_threads(threads)
-    run = Path(run)
-    model = load_model(run).eval()
+    run = RunFolder(run)
+    model = load_model(run.path).eval()
     cfg = model.config
     volume, source = _timing_volume(run, cfg)
     g = torch.Generator().manual_seed(0)
     image = torch.rand((1, 1, cfg.image_size, cfg.image_size), generator=g)
     with torch.no_grad():
-        ms_slice = _median_ms(lambda: model.predict_proba(image, 1, g), repeats)
-        ms_volume = _median_ms(lambda: predict_volume(model, volume, 1, g), repeats)
+        ms_slice = time_calls(lambda: model.predict_proba(image, 1, g), repeats).median_ms
+        ms_volume = time_calls(lambda: predict_volume(model, volume, 1, g), repeats).median_ms
     return {"model": cfg.model, "parameters": model.num_parameters(), "image_size": cfg.image_size,
             "ms_per_slice": ms_slice, "ms_per_volume": ms_volume, "volume_shape": list(volume.shape),
             "volume_source": source, "threads": torch.get_num_threads(), "repeats": max(1, repeats)}
@@ -110,50 +97,46 @@ def measure_run_isolated(run: str | Path, *, repeats: int = 5, threads: int | No
     Adds ``rss_peak_mb`` (the process's peak RSS) and ``rss_increase_mb`` (over its RSS right after
     importing torch, MONAI and mednca) and ``rss_baseline_mb``.
     """
-    cmd = [sys.executable, "-m", "mednca.experiments.compare", "--measure", str(run), "--json", "--repeats", str(repeats)]
+    args = ["-m", "mednca.experiments.compare", "--measure", str(run), "--json", "--repeats", str(repeats)]
     if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+        args += ["--threads", str(threads)]
+    proc = run_json_process(args)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise MedNCAError(f"measuring {run} failed: {tail}")
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError) as exc:
-        raise MedNCAError(f"measuring {run} gave no result ({exc}): {proc.stdout[-200:]!r}") from exc
+        raise MedNCAError(f"measuring {run} failed: {(proc.stderr_tail or ['(no output)'])[-1]}")
+    if proc.result is None:
+        raise MedNCAError(f"measuring {run} gave no result (its last line of output is not a JSON object)")
+    return proc.result
 
 
-def _eval_fields(run: Path, evaluate: bool) -> dict[str, Any]:
-    path = run / "eval_test.json"
+def _eval_fields(run: RunFolder, evaluate: bool) -> dict[str, Any]:
+    """The run's test Dice / HD95 from ``eval_test.json`` (computed first with ``evaluate``)."""
+    path = run.eval_file("test")
     if not path.is_file() and evaluate:
-        from ..pipeline.evaluate import evaluate_run
-
-        evaluate_run(run, "test")
+        evaluate_run(run.path, "test")
     if not path.is_file():
         return {"dice_mean": None, "dice_std": None, "hd95_mean_mm": None, "test_cases": None,
                 "eval_ensemble": None,
-                "note": f"no eval_test.json: run `mednca evaluate {run}` first (or `mednca compare --evaluate`)"}
+                "note": f"no eval_test.json: run `mednca evaluate {run.path}` first (or `mednca compare --evaluate`)"}
     try:
-        results = json.loads(path.read_text())
+        results = run.eval_results("test")
         summary = results["summary"]
         return {"dice_mean": summary["dice"]["mean"], "dice_std": summary["dice"]["std"],
                 "hd95_mean_mm": summary["hd95_mm"]["mean"], "test_cases": len(results["cases"]),
                 "eval_ensemble": results.get("ensemble"), "note": None}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path} is not a mednca evaluation result ({exc}); rerun "
-                        f"`mednca evaluate {run} --overwrite`") from exc
+    except (DataError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is not a mednca evaluation result ({exc.__cause__ or exc}); rerun "
+                        f"`mednca evaluate {run.path} --overwrite`") from exc
 
 
-def _check_run(run: Path) -> Path:
-    from ..checkpoint import resolve_checkpoint
-
-    if not run.is_dir():
-        raise DataError(f"{run} is not a run folder")
+def _check_run(path: str | Path) -> tuple[RunFolder, Path]:
+    """(the run folder, its checkpoint), if ``path`` is a trained run folder."""
+    run = RunFolder(path)
+    if not run.path.is_dir():
+        raise DataError(f"{run.path} is not a run folder")
     try:
-        return resolve_checkpoint(run)
+        return run, run.checkpoint()
     except CheckpointError as exc:
-        raise DataError(f"{run} is not a trained run folder ({exc})") from exc
+        raise DataError(f"{run.path} is not a trained run folder ({exc})") from exc
 
 
 def compare_runs(runs: Sequence[str | Path], *, evaluate: bool = False, repeats: int = 5,
@@ -183,15 +166,15 @@ def compare_runs(runs: Sequence[str | Path], *, evaluate: bool = False, repeats:
     """
     if not runs:
         raise DataError("nothing to compare: give at least one run folder")
-    checked = [(Path(r), _check_run(Path(r))) for r in runs]  # every run is checked before any work
+    checked = [_check_run(r) for r in runs]  # every run is checked before any work
     rows = []
     for run, ckpt in checked:
         if log:
-            log(f"measuring {run} ...")
+            log(f"measuring {run.path} ...")
         evaluated = _eval_fields(run, evaluate)
-        measured = (measure_run_isolated(run, repeats=repeats, threads=threads) if isolate
-                    else measure_run(run, repeats=repeats, threads=threads))
-        row = {"run": str(run), "name": run.name, "model": measured["model"],
+        measured = (measure_run_isolated(run.path, repeats=repeats, threads=threads) if isolate
+                    else measure_run(run.path, repeats=repeats, threads=threads))
+        row = {"run": str(run.path), "name": run.path.name, "model": measured["model"],
                "parameters": measured["parameters"], "checkpoint": str(ckpt),
                "checkpoint_bytes": ckpt.stat().st_size}
         row.update({k: v for k, v in evaluated.items() if k != "note"})
@@ -204,12 +187,6 @@ def compare_runs(runs: Sequence[str | Path], *, evaluate: bool = False, repeats:
 
 
 # -- output ------------------------------------------------------------------------------
-def _num(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return format(value, fmt)
-
-
 def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
@@ -225,12 +202,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             missing.append(row)
             dice = "n/a¹"
         else:
-            dice = f"{_num(row['dice_mean'], '.4f')} ± {_num(row['dice_std'], '.4f')}"
-        shape = "×".join(map(str, row.get("volume_shape") or [])) or "–"
+            dice = f"{cell(row['dice_mean'], '.4f')} ± {cell(row['dice_std'], '.4f')}"
+        shape = "×".join(map(str, row.get("volume_shape") or [])) or MISSING
         cells = [row["name"], row["model"], f"{row['parameters']:,}", _size(row["checkpoint_bytes"]), dice,
-                 _num(row.get("hd95_mean_mm"), ".2f"), _num(row.get("ms_per_slice"), ".2f"),
-                 _num(row.get("ms_per_volume"), ".1f"), shape, _num(row.get("rss_peak_mb"), ".0f"),
-                 _num(row.get("rss_increase_mb"), ".0f")]
+                 cell(row.get("hd95_mean_mm"), ".2f"), cell(row.get("ms_per_slice"), ".2f"),
+                 cell(row.get("ms_per_volume"), ".1f"), shape, cell(row.get("rss_peak_mb"), ".0f"),
+                 cell(row.get("rss_increase_mb"), ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     threads = sorted({row.get("threads") for row in rows if row.get("threads")})
     repeats = sorted({row.get("repeats") for row in rows if row.get("repeats")})
@@ -254,7 +231,7 @@ def write_comparison(rows: Sequence[dict[str, Any]], out_md: str | Path, *, over
     for p in (out_md, out_json):
         check_output(p, overwrite)
     atomic_write_text(out_md, table if table is not None else markdown_table(rows))
-    atomic_write_text(out_json, json.dumps({"rows": list(rows), "conventions": CONVENTIONS}, indent=2) + "\n")
+    write_json(out_json, {"rows": list(rows), "conventions": CONVENTIONS})
     return out_md, out_json
 
 
@@ -274,15 +251,8 @@ def _measure_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    # Everything inference needs is imported before the baseline, so the increase is the model's.
-    import nibabel  # noqa: F401
-    import numpy  # noqa: F401
-    import torch  # noqa: F401
-
-    from .. import checkpoint  # noqa: F401
-    from ..nn import build  # noqa: F401
-    from ..pipeline import predict  # noqa: F401
-    from ..data import cases, slices, volumes  # noqa: F401
+    # Everything inference needs is imported before the baseline (torch, nibabel and mednca's
+    # modules at the top of this module), so the increase is the model's.
     try:
         import monai.networks.nets  # noqa: F401
     except ImportError:  # only UNet runs need it (and fail to load without it)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import re
 import shutil
@@ -28,9 +27,21 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from ..data.cases import find_cases
+from ..data.runfolder import RunFolder
+from ..data.slices import image_slices, label_slices
+from ..data.volumes import binarize, read_case, read_image
 from ..errors import DataError
+from ..formats import MISSING, cell
 from ..fsutil import atomic_path, atomic_write_text, check_output
+from ..nn.build import load_model
+from ..nn.model import MedNCA
+from ..pipeline.predict import predict_volume
+from ..pipeline.quality import DEFINITION
+from ..version import __version__
+from .runs import require_extras, run_labels
 
 MAX_WIDTH_IN = 12.0  # figures are drawn at 100 dpi: at most 1200 px wide
 DPI = 100
@@ -40,13 +51,16 @@ DPI = 100
 class RunInfo:
     """What the report knows about one run."""
 
-    path: Path
+    folder: RunFolder
     label: str
     slug: str
-    arch: str
     params: int
     model: Any
-    results: dict
+    results: dict  # its eval_{split}.json
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
 
 
 def _plt():
@@ -69,48 +83,34 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _mean_std(stats: dict | None, digits: int = 4) -> str:
-    if not stats or stats.get("mean") is None or not math.isfinite(stats["mean"]):
-        return "–"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+def _mean_std(stats: dict | None, fmt: str = ".4f") -> str:
+    """``mean ± std`` of a summary entry; – when it has no mean."""
+    if not stats or cell(stats.get("mean")) == MISSING:
+        return MISSING
+    return f"{cell(stats['mean'], fmt)} ± {cell(stats['std'], fmt)}"
 
 
 def load_runs(runs: Sequence[str | Path], split: str = "test") -> list[RunInfo]:
-    """Load each run's model and ``eval_{split}.json``.
+    """Load each run's model and ``eval_{split}.json`` (every run checked before any is loaded).
 
     Raises:
         DataError: A folder is not a run, or has not been evaluated on ``split``.
     """
-    from ..nn.build import load_model
-    from .robustness import _model_labels
-
-    paths = [Path(r) for r in runs]
-    if not paths:
+    if not runs:
         raise DataError("report needs at least one run folder")
-    models, results = [], []
-    for p in paths:
-        if not (p / "split.json").is_file():
-            raise DataError(f"{p} is not a run folder (no split.json)")
-        ev = p / f"eval_{split}.json"
-        if not ev.is_file():
-            raise DataError(f"{p} has no {ev.name}; run 'mednca evaluate {p} --split {split} --ensemble 4' first")
-        results.append(json.loads(ev.read_text()))
-        models.append(load_model(p))
-    archs = [str(getattr(m.config, "model", "mednca")) for m in models]
-    labels = _model_labels(paths, archs)
+    folders = [RunFolder.open(r) for r in runs]
+    for run in folders:
+        if not run.eval_file(split).is_file():
+            raise DataError(f"{run.path} has no {run.eval_file(split).name}; run 'mednca evaluate {run.path} "
+                            f"--split {split} --ensemble 4' first")
+    results = [run.eval_results(split) for run in folders]
+    models = [load_model(run.path) for run in folders]
+    labels = run_labels([run.path for run in folders], models)
     slugs = [_slug(lbl) for lbl in labels]
     if len(set(slugs)) < len(slugs):
         slugs = [f"{s}_{i}" for i, s in enumerate(slugs)]
-    return [RunInfo(p, lbl, s, a, sum(int(t.numel()) for t in m.parameters()), m, r)
-            for p, lbl, s, a, m, r in zip(paths, labels, slugs, archs, models, results)]
+    return [RunInfo(run, lbl, slug, sum(int(t.numel()) for t in m.parameters()), m, res)
+            for run, lbl, slug, m, res in zip(folders, labels, slugs, models, results)]
 
 
 # -- comparison --------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def _cell(value) -> str:
     if isinstance(value, dict) and "mean" in value:
         return _mean_std(value)
     if isinstance(value, float):
-        return _fmt(value)
+        return cell(value)
     if isinstance(value, (dict, list)):
         return json.dumps(value)[:60]
     return str(value).replace("|", "\\|")
@@ -184,8 +184,8 @@ def runs_table(runs: Sequence[RunInfo]) -> str:
         s = r.results.get("summary", {})
         q = r.results.get("quality") or {}
         lines.append(f"| {r.label} | `{r.path}` | {r.params:,} | {len(r.results.get('cases', []))} | "
-                     f"{_mean_std(s.get('dice'))} | {_mean_std(s.get('hd95_mm'), 2)} | "
-                     f"{_fmt(q.get('spearman_dice'), 3)} |")
+                     f"{_mean_std(s.get('dice'))} | {_mean_std(s.get('hd95_mm'), '.2f')} | "
+                     f"{cell(q.get('spearman_dice'), '.3f')} |")
     return "\n".join(lines)
 
 
@@ -198,7 +198,7 @@ def find_robustness(runs: Sequence[RunInfo], robustness: Sequence[str | Path] | 
             if not (d / "robustness.json").is_file():
                 raise DataError(f"{d} is not a 'mednca robustness' output folder (no robustness.json)")
         return dirs
-    found = [r.path / f"robustness_{split}" for r in runs]
+    found = [r.folder.robustness_dir(split) for r in runs]
     return list(dict.fromkeys(d for d in found if (d / "robustness.json").is_file()))
 
 
@@ -207,9 +207,8 @@ def robustness_markdown(dirs: Sequence[Path], out: Path) -> str:
     parts = []
     for i, d in enumerate(dirs):
         data = json.loads((d / "robustness.json").read_text())
-        sev = data.get("severities")
         tag = "" if len(dirs) == 1 else f"_{i + 1}"
-        parts.append(f"From `{d}` ({len(data.get('cases', []))} case(s), {sev} severities, seed "
+        parts.append(f"From `{d}` ({len(data.get('cases', []))} case(s), {data.get('severities')} severities, seed "
                      f"{data.get('seed')}, K = {data.get('ensemble')} passes; per-case rows in "
                      f"`{d / 'robustness.csv'}`).")
         figs = data.get("figures", {})
@@ -220,24 +219,34 @@ def robustness_markdown(dirs: Sequence[Path], out: Path) -> str:
                 shutil.copyfile(d / name, out / target)
                 parts.append(f"**{title}** (one panel per perturbation, one line per model):\n\n"
                              f"![{title}]({target})")
-        summary = data.get("summary", {})
-        perts = list(data.get("perturbations", {}))
-        if summary and perts and sev:
-            models = list(summary)
-            lines = ["| perturbation | max magnitude | " + " | ".join(f"{m}: Dice clean → max (quality)"
-                                                                     for m in models) + " |",
-                     "|---|---|" + "---|" * len(models)]
-            for p in perts:
-                info = data["perturbations"][p]
-                cells = []
-                for m in models:
-                    s = summary[m].get(p, {})
-                    clean, worst = s.get("0", {}), s.get(str(sev), {})
-                    cells.append(f"{_fmt(clean.get('dice_mean'), 3)} → {_fmt(worst.get('dice_mean'), 3)} "
-                                 f"({_fmt(clean.get('quality_mean'), 3)} → {_fmt(worst.get('quality_mean'), 3)})")
-                lines.append(f"| {p} | {_fmt(info['magnitudes'][-1], 3)} ({info['unit']}) | " + " | ".join(cells) + " |")
-            parts.append("\n".join(lines))
+        table = robustness_table(data)
+        if table:
+            parts.append(table)
     return "\n\n".join(parts)
+
+
+def robustness_table(data: dict) -> str | None:
+    """A Markdown table of a ``robustness.json``: per perturbation and model, mean Dice (and mean
+    quality) on the clean images -> at the highest severity; None without a summary."""
+    summary, perts, sev = data.get("summary", {}), list(data.get("perturbations", {})), data.get("severities")
+    if not (summary and perts and sev):
+        return None
+    models = list(summary)
+    lines = ["| perturbation | max magnitude | " + " | ".join(f"{m}: Dice clean → max (quality)" for m in models)
+             + " |", "|---|---|" + "---|" * len(models)]
+    for p in perts:
+        info = data["perturbations"][p]
+        cells = []
+        for m in models:
+            s = summary[m].get(p, {})
+            clean, worst = s.get("0", {}), s.get(str(sev), {})
+            cells.append(f"{_change(clean, worst, 'dice_mean')} ({_change(clean, worst, 'quality_mean')})")
+        lines.append(f"| {p} | {cell(info['magnitudes'][-1], '.3f')} ({info['unit']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _change(before: dict, after: dict, key: str) -> str:
+    return f"{cell(before.get(key), '.3f')} → {cell(after.get(key), '.3f')}"
 
 
 # -- quality -----------------------------------------------------------------------------------
@@ -252,7 +261,7 @@ def quality_scatter(runs: Sequence[RunInfo], path: Path) -> bool:
         q = [c["quality"] for c in r.results["cases"]]
         d = [c["dice"] for c in r.results["cases"]]
         rho = (r.results.get("quality") or {}).get("spearman_dice")
-        ax.scatter(q, d, s=18, alpha=0.75, label=f"{r.label} (ρ = {_fmt(rho, 2)})")
+        ax.scatter(q, d, s=18, alpha=0.75, label=f"{r.label} (ρ = {cell(rho, '.2f')})")
     fail = (with_q[0].results.get("quality") or {}).get("failure_dice", 0.8)
     ax.axhline(fail, color="grey", ls="--", lw=1)
     ax.set_xlabel("quality score (lower = more confident)")
@@ -275,7 +284,7 @@ def quality_markdown(runs: Sequence[RunInfo]) -> str:
         share = q.get("caught_share")
         caught = "no failures" if share is None else f"{q['failures_caught']}/{q['n_failures']} ({share:.0%})"
         lines.append(f"| {r.label} | {q.get('ensemble')} | {_mean_std(r.results['summary'].get('quality'))} | "
-                     f"{_fmt(q.get('spearman_dice'), 3)} | {q.get('n_failures')} | {caught} "
+                     f"{cell(q.get('spearman_dice'), '.3f')} | {q.get('n_failures')} | {caught} "
                      f"({q.get('n_flagged')} flagged) |")
     return "\n".join(lines)
 
@@ -296,11 +305,7 @@ def pick_cases(results: dict) -> list[tuple[str, dict]]:
 
 
 def _read_nifti(path: Path) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    from ..data.volumes import read_image
-
-    return read_image(path, None).data
+    return read_image(path, None).data if path.is_file() else None
 
 
 def case_arrays(run: RunInfo, case_id: str, data_dir: Path, split: str, seed: int = 0,
@@ -310,18 +315,12 @@ def case_arrays(run: RunInfo, case_id: str, data_dir: Path, split: str, seed: in
     The mask and std are the ones ``mednca evaluate`` wrote (``RUN/predictions_{split}/``) when
     they exist; otherwise they are predicted here with ``ensemble`` passes.
     """
-    import torch
-
-    from ..data.cases import find_cases
-    from ..data.volumes import binarize, read_case
-    from ..pipeline.predict import predict_volume
-
     cfg = run.model.config
     cases = {c.case_id: c for c in find_cases(data_dir, cfg.channel)}
     if case_id not in cases:
         raise DataError(f"case {case_id} of {run.path} is not in {data_dir}")
     image, label = read_case(cases[case_id])
-    pred_dir = run.path / f"predictions_{split}"
+    pred_dir = run.folder.predictions(split)
     mask = _read_nifti(pred_dir / f"{case_id}.nii.gz")
     std = _read_nifti(pred_dir / "std" / f"{case_id}.nii.gz")
     if mask is None or std is None:
@@ -412,10 +411,7 @@ def nca_frames(model, image: "torch.Tensor", generator=None) -> list[tuple[int, 
 
 def growth_gif(run: RunInfo, arrays: dict[str, np.ndarray], path: Path, seed: int = 0, fps: int = 4) -> int:
     """Write a GIF of the NCA growing on the case's largest-label slice; returns the frame count."""
-    import torch
     from matplotlib.animation import FuncAnimation, PillowWriter
-
-    from ..data.slices import image_slices, label_slices
 
     plt = _plt()
     cfg = run.model.config
@@ -471,13 +467,7 @@ def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, c
     Returns:
         The path of the Markdown file.
     """
-    from ..nn.model import MedNCA
-    from ..version import __version__
-
-    from .robustness import require_extras
-
     require_extras("matplotlib")
-    say = log or (lambda s: None)
     out = Path(out_dir)
     md_path = check_output(out / "README.md", overwrite)
     infos = load_runs(runs, split)
@@ -485,16 +475,28 @@ def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, c
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     md = [f"# mednca report\n\nmednca {__version__}, {now}; `{split}` split.",
           "Dice is computed on hard 3D masks on the label grid; HD95 in mm (see the README's Metrics)."]
+    md += _comparison_section(infos, compare, split)
+    md += _robustness_section(infos, robustness, split, out)
+    md += _quality_section(infos, split, out)
+    md += _examples_section(infos, out, split, data_dir, seed, log or (lambda s: None))
+    atomic_write_text(md_path, "\n\n".join(md) + "\n")
+    return md_path
 
-    md.append("## Comparison")
+
+def _comparison_section(infos: Sequence[RunInfo], compare: str | Path | None, split: str) -> list[str]:
+    md = ["## Comparison"]
     cmp_path = find_compare(infos, compare)
     if cmp_path is not None:
         md.append(f"From `{cmp_path}`:\n\n{compare_markdown(cmp_path)}")
         md.append(f"Per run (`eval_{split}.json`):\n\n{runs_table(infos)}")
     else:
         md.append(runs_table(infos))
+    return md
 
-    md.append("## Robustness")
+
+def _robustness_section(infos: Sequence[RunInfo], robustness: Sequence[str | Path] | None, split: str,
+                        out: Path) -> list[str]:
+    md = ["## Robustness"]
     rob_dirs = find_robustness(infos, robustness, split)
     if rob_dirs:
         md.append("Each model segments the same perturbed test volumes (MRI artefacts via TorchIO; "
@@ -503,48 +505,57 @@ def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, c
     else:
         md.append(f"No robustness results (run `mednca robustness RUN ... --split {split}` and pass "
                   "`--robustness DIR`).")
+    return md
 
-    md.append("## Quality estimate without ground truth")
+
+def _quality_section(infos: Sequence[RunInfo], split: str, out: Path) -> list[str]:
+    md = ["## Quality estimate without ground truth"]
     if quality_scatter(infos, out / "quality_vs_dice.png"):
-        from ..pipeline.quality import DEFINITION
-
         md.append(f"Per case, from K stochastic passes: {DEFINITION}. Cases below the dashed line "
                   "(Dice < 0.8) count as failures; the worst-scored 10 % of cases are flagged.")
         md.append(quality_markdown(infos))
         md.append("![quality score vs Dice](quality_vs_dice.png)")
     else:
         md.append(f"No per-case quality scores: evaluate with `mednca evaluate RUN --split {split} --ensemble 4`.")
+    return md
 
-    md.append("## Example test cases")
-    md.append("Best, median and worst case by Dice; the slice with the largest label area. Panels: "
-              "image, ground truth (red), prediction (blue, ground-truth contour in red), per-voxel "
-              "standard deviation over the stochastic passes.")
+
+def _examples_section(infos: Sequence[RunInfo], out: Path, split: str, data_dir: str | Path | None, seed: int,
+                      say: Callable[[str], None]) -> list[str]:
+    md = ["## Example test cases",
+          "Best, median and worst case by Dice; the slice with the largest label area. Panels: "
+          "image, ground truth (red), prediction (blue, ground-truth contour in red), per-voxel "
+          "standard deviation over the stochastic passes."]
     for r in infos:
         md.append(f"### {r.label}")
-        ddir = Path(data_dir) if data_dir else None
-        if ddir is None and (r.path / "run.json").is_file():
-            ddir = Path(json.loads((r.path / "run.json").read_text())["data"])
-        if ddir is None:
+        if data_dir or r.folder.info_file.is_file():
+            md += _run_examples(r, r.folder.data_dir(data_dir), out, split, seed, say)
+        else:
             md.append(f"(no data folder known for `{r.path}`; pass `--data`)")
-            continue
-        median_arrays = None
-        for tag, row in pick_cases(r.results):
-            arrays = case_arrays(r, row["case"], ddir, split, seed)
-            name = f"case_{r.slug}_{tag}.png"
-            overlay_figure(arrays, r.model.config.axis, f"{r.label}: {tag} case {row['case']}, Dice "
-                           f"{row['dice']:.3f}", out / name)
-            md.append(f"**{tag}**: `{row['case']}`, Dice {row['dice']:.3f}"
-                      + (f", quality {row['quality']:.4g}" if "quality" in row else "")
-                      + f"\n\n![{tag} case {row['case']}]({name})")
-            if tag == "median" or median_arrays is None:
-                median_arrays = (row, arrays)
-            say(f"report: {r.label} {tag} case {row['case']}")
-        if isinstance(r.model, MedNCA) and median_arrays is not None:
-            row, arrays = median_arrays
-            gif = f"nca_growth_{r.slug}.gif"
-            n = growth_gif(r, arrays, out / gif, seed)
-            md.append(f"**NCA growth** on case `{row['case']}` ({n} frames: level 1 on the image down-scaled "
-                      f"×{r.model.config.scale}, then level 2 at full resolution; sigmoid of the logit "
-                      f"channel):\n\n![NCA growth]({gif})")
-    atomic_write_text(md_path, "\n\n".join(md) + "\n")
-    return md_path
+    return md
+
+
+def _run_examples(r: RunInfo, data_dir: Path, out: Path, split: str, seed: int,
+                  say: Callable[[str], None]) -> list[str]:
+    """Overlays of the run's best, median and worst case, and (Med-NCA) the growth GIF of the median one."""
+    md = []
+    median_arrays = None
+    for tag, row in pick_cases(r.results):
+        arrays = case_arrays(r, row["case"], data_dir, split, seed)
+        name = f"case_{r.slug}_{tag}.png"
+        overlay_figure(arrays, r.model.config.axis, f"{r.label}: {tag} case {row['case']}, Dice "
+                       f"{row['dice']:.3f}", out / name)
+        md.append(f"**{tag}**: `{row['case']}`, Dice {row['dice']:.3f}"
+                  + (f", quality {row['quality']:.4g}" if "quality" in row else "")
+                  + f"\n\n![{tag} case {row['case']}]({name})")
+        if tag == "median" or median_arrays is None:
+            median_arrays = (row, arrays)
+        say(f"report: {r.label} {tag} case {row['case']}")
+    if isinstance(r.model, MedNCA) and median_arrays is not None:
+        row, arrays = median_arrays
+        gif = f"nca_growth_{r.slug}.gif"
+        n = growth_gif(r, arrays, out / gif, seed)
+        md.append(f"**NCA growth** on case `{row['case']}` ({n} frames: level 1 on the image down-scaled "
+                  f"×{r.model.config.scale}, then level 2 at full resolution; sigmoid of the logit "
+                  f"channel):\n\n![NCA growth]({gif})")
+    return md

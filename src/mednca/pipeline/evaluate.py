@@ -8,33 +8,27 @@ empty and one non-empty mask score 0. HD95 is in mm (from the label's affine) an
 from __future__ import annotations
 
 import csv
-import json
-import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..data.cases import find_cases, nifti_files
+from ..data.cases import Case, find_cases, nifti_files
+from ..data.runfolder import RunFolder
 from ..data.volumes import binarize, read_label
 from ..errors import DataError
-from ..fsutil import atomic_path, atomic_write_text, check_output
+from ..formats import csv_number, write_json
+from ..fsutil import atomic_path, check_output
+from ..nn.base import SegmentationModel
+from ..nn.build import load_model
 from .metrics import case_metrics, summarize
+from .predict import predict_case
+from .quality import add_quality, quality_score
 
 METRICS = ("dice", "hd95_mm", "volume_pred_ml", "volume_gt_ml")
 CONVENTIONS = ("Dice on hard 3D masks on the label grid; both empty = 1, one empty = 0. "
                "HD95 = larger of the two directed 95th percentiles of surface distances, in mm; undefined (null) "
                "when either mask is empty and left out of its summary.")
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path, Path]], label: int | None = None,
@@ -92,20 +86,16 @@ def write_results(results: dict, out_json: str | Path, overwrite: bool = False) 
     out_csv = out_json.with_suffix(".csv")
     for p in (out_json, out_csv):
         check_output(p, overwrite)
-    atomic_write_text(out_json, json.dumps(_json_safe(results), indent=2) + "\n")
+    write_json(out_json, results)
     with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         cols = [*METRICS, *(["quality"] if "quality" in results["summary"] else [])]
         writer.writerow(["case", *cols])
         for row in results["cases"]:
-            writer.writerow([row["case"], *(_fmt(row[m]) for m in cols)])
+            writer.writerow([row["case"], *(csv_number(row[m]) for m in cols)])
         for stat in ("mean", "std"):
-            writer.writerow([stat, *(_fmt(results["summary"][m][stat]) for m in cols)])
+            writer.writerow([stat, *(csv_number(results["summary"][m][stat]) for m in cols)])
     return out_json, out_csv
-
-
-def _fmt(value: float) -> str:
-    return "" if not math.isfinite(value) else f"{value:.6g}"
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_json: str | Path | None = None, *,
@@ -131,26 +121,31 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
     Returns:
         (results, path of the JSON file)
     """
-    from ..nn.build import load_model
-    from .predict import predict_case
-    from .quality import add_quality, quality_score
-
-    run_dir = Path(run_dir)
-    for name in ("split.json", "run.json"):
-        if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir} is not a run folder (no {name})")
-    split_ids = json.loads((run_dir / "split.json").read_text())
-    if split not in split_ids:
-        raise DataError(f"split {split!r} not in {run_dir / 'split.json'} (has {', '.join(split_ids)})")
-    data_dir = Path(data_dir) if data_dir else Path(json.loads((run_dir / "run.json").read_text())["data"])
-    model = load_model(run_dir)
-    wanted = set(split_ids[split])
+    run = RunFolder.open(run_dir, "run.json")
+    wanted = set(run.split_ids(split))
+    data_dir = run.data_dir(data_dir)
+    model = load_model(run.path)
     cases = [c for c in find_cases(data_dir, model.config.channel) if c.case_id in wanted]
     if len(cases) != len(wanted):
         raise DataError(f"{len(wanted) - len(cases)} {split} case(s) of the run are missing in {data_dir}")
-    out_json = Path(output) if output is not None else run_dir / f"eval_{split}.json"
+    out_json = Path(output) if output is not None else run.eval_file(split)
     check_output(out_json, overwrite)
-    pred_dir = run_dir / f"predictions_{split}"
+    pairs, scores = _predict_cases(model, cases, run.predictions(split), ensemble, seed, progress)
+    results = evaluate_pairs(pairs, model.config.label)
+    if ensemble > 1:
+        add_quality(results, scores, ensemble)
+    results["run"] = str(run.path)
+    results["split"] = split
+    results["ensemble"] = ensemble
+    write_results(results, out_json, overwrite)
+    return results, out_json
+
+
+def _predict_cases(model: SegmentationModel, cases: list[Case], pred_dir: Path, ensemble: int, seed: int,
+                   progress: Callable[[int, int, str], None] | None,
+                   ) -> tuple[list[tuple[str, Path, Path]], dict[str, float]]:
+    """Predict each case into ``pred_dir``: ((case id, mask file, label file) pairs, quality scores by
+    case id (with ``ensemble >= 2``, else empty))."""
     pairs = []
     scores: dict[str, float] = {}
     for i, case in enumerate(cases):
@@ -162,11 +157,4 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
         pairs.append((case.case_id, mask, case.label))
         if progress:
             progress(i + 1, len(cases), case.case_id)
-    results = evaluate_pairs(pairs, model.config.label)
-    if ensemble > 1:
-        add_quality(results, scores, ensemble)
-    results["run"] = str(run_dir)
-    results["split"] = split
-    results["ensemble"] = ensemble
-    write_results(results, out_json, overwrite)
-    return results, out_json
+    return pairs, scores
