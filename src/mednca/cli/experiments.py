@@ -74,9 +74,10 @@ def add_robustness(sub) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
+    from ..data.runfolder import RunFolder
     from ..experiments.robustness import run_robustness
 
-    out = Path(args.output) if args.output else Path(args.runs[0]) / f"robustness_{args.split}"
+    out = Path(args.output) if args.output else RunFolder(args.runs[0]).robustness_dir(args.split)
     rows = run_robustness(args.runs, args.data, args.split, out_dir=out, severities=args.severities,
                           cases=args.cases, seed=args.seed, ensemble=args.ensemble,
                           perturbations=args.perturbation, overwrite=args.overwrite,

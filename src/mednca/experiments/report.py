@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data.cases import find_cases
 from ..data.runfolder import RunFolder
@@ -370,12 +371,14 @@ def overlay_figure(arrays: dict[str, np.ndarray], axis: int, title: str, path: P
 
 
 # -- NCA growth animation ----------------------------------------------------------------------
-def nca_frames(model, image: "torch.Tensor", generator=None) -> list[tuple[int, int, np.ndarray]]:
+@torch.no_grad()
+def nca_frames(model: MedNCA, image: torch.Tensor, generator: torch.Generator | None = None
+               ) -> list[tuple[int, int, np.ndarray]]:
     """The NCA's segmentation growing step by step on one slice.
 
-    Runs level 1 on the down-scaled image, then level 2 at full resolution, one
-    ``NCALevel.step`` at a time, exactly as :meth:`MedNCA.forward` does at inference (the same
-    generator draws give the same result).
+    Runs :meth:`MedNCA.run_levels` with one ``NCALevel.step`` at a time, so the frames are
+    exactly what :meth:`MedNCA.forward` computes at inference (the same generator draws give the
+    same result).
 
     Args:
         model: A :class:`~mednca.nn.model.MedNCA`.
@@ -385,27 +388,22 @@ def nca_frames(model, image: "torch.Tensor", generator=None) -> list[tuple[int, 
         ``(level, step, probability)`` per frame, the probability being sigmoid(channel 1) as an
         (S, S) array (level 1 up-scaled, nearest); frame 0 is the seed state.
     """
-    import torch
-    import torch.nn.functional as F
-
-    cfg = model.config
-    s = cfg.scale
     frames = []
 
-    def grab(level: int, step: int, state: torch.Tensor, up: bool) -> None:
-        x = F.interpolate(state, scale_factor=s, mode="nearest") if up else state
-        frames.append((level, step, torch.sigmoid(x[0, 1]).cpu().numpy()))
+    def grab(index: int, step: int, state: torch.Tensor) -> None:
+        if index == 1:
+            state = F.interpolate(state, scale_factor=float(model.config.scale), mode="nearest")
+        frames.append((index, step, torch.sigmoid(state[0, 1]).cpu().numpy()))
 
-    with torch.no_grad():
-        state = model.seed(F.avg_pool2d(image, s))  # what MedNCA.global_state starts from
-        grab(1, 0, state, True)
-        for k in range(cfg.steps):
-            state = model.level1.step(state, generator)
-            grab(1, k + 1, state, True)
-        state = torch.cat((image, F.interpolate(state, scale_factor=s, mode="nearest")[:, 1:]), 1)
-        for k in range(cfg.steps):
-            state = model.level2.step(state, generator)
-            grab(2, k + 1, state, False)
+    def run_level(level, state: torch.Tensor, index: int) -> torch.Tensor:
+        if index == 1:
+            grab(1, 0, state)
+        for k in range(model.config.steps):
+            state = level.step(state, generator)
+            grab(index, k + 1, state)
+        return state
+
+    model.run_levels(image, run_level)
     return frames
 
 
