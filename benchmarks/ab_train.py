@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from mednca.experiments.bench import PlainMedNCA, _inputs, bench_cases, bench_model
+from mednca.experiments.bench.cases import bench_cases, bench_model
+from mednca.experiments.bench.cases import case_inputs as _inputs
+from mednca.nn.reference import PlainMedNCA
 from mednca.runtime import flush_denormals
 from mednca.pipeline.losses import dice_bce_loss
 from mednca.runtime import retain_freed_memory

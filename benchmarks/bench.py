@@ -4,12 +4,17 @@
     python benchmarks/bench.py --quick                # a smoke run (seconds)
     python benchmarks/bench.py --only 'infer-*'       # a subset (see --list)
 
-The same as ``mednca bench``; everything lives in :mod:`mednca.experiments.bench`.
+The same as ``mednca bench`` (everything lives in :mod:`mednca.experiments.bench`), with
+``--data ../shared/data/Task04_Hippocampus`` (the MSD hippocampus volume for the volume cases)
+when that folder exists; a ``--data`` given here replaces it.
 """
 
 import sys
+from pathlib import Path
 
-from mednca.experiments.bench import main
+from mednca.experiments.bench.run import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main((["--data", str(DATA)] if DATA.is_dir() else []) + sys.argv[1:]))

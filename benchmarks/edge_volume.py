@@ -77,7 +77,7 @@ def main() -> None:
 
     import numpy as np
 
-    from mednca.experiments.bench import bench_model, load_volume
+    from mednca.experiments.bench.cases import bench_model, load_volume
     from mednca import load_model
     from mednca.config import MedNCAConfig
     from mednca.data.slices import image_slices

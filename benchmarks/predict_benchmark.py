@@ -9,7 +9,7 @@ run's best checkpoint and the default seed:
 1. ``mednca predict CKPT FOLDER -o OUT`` as a user runs it (a fresh process: Python start-up,
    imports, reading, resampling, inference, writing the NIfTI masks);
 2. :func:`mednca.pipeline.predict.predict_folder` in this process with the mednca model;
-3. the same ``predict_folder`` with :class:`mednca.experiments.bench.PlainMedNCA` (the plain PyTorch
+3. the same ``predict_folder`` with :class:`mednca.nn.reference.PlainMedNCA` (the plain PyTorch
    Med-NCA of the benchmark suite, same weights, same fire masks) behind the same I/O.
 
 2 and 3 are timed after one untimed warm-up volume each; their masks are compared voxel by voxel
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mednca.experiments.bench import PlainMedNCA
+from mednca.nn.reference import PlainMedNCA
 from mednca import load_model
 from mednca.runtime import flush_denormals
 from mednca.runtime import retain_freed_memory

@@ -1,18 +1,27 @@
-"""mednca.experiments.bench: the plain reference agrees with MedNCA, FLOP counting, and a --quick CLI run."""
+"""mednca.experiments.bench and mednca.nn.reference: the plain reference agrees with MedNCA, FLOP
+counting, the cases, the measuring processes, the tables, and a --quick CLI run."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from mednca.experiments.bench import (Case, Options, PlainMedNCA, bench_cases, bench_model, cell_step_flops, check_case,
-                          mednca_to_plain_state, model_flops, plain_name, run_one, select_cases)
 from mednca.cli import main
 from mednca.config import MedNCAConfig
-from mednca.errors import MedNCAError
+from mednca.errors import DataError, MedNCAError
+from mednca.experiments.bench.cases import (Case, bench_cases, bench_model, case_inputs, cell_step_flops, load_volume,
+                                            model_flops, select_cases)
+from mednca.experiments.bench.check import check_case
+from mednca.experiments.bench.measure import run_one
+from mednca.experiments.bench.options import EXIT_MEMORY, Options
+from mednca.experiments.bench.run import case_summary, ratios, run_benchmark, run_child
+from mednca.experiments.bench.tables import markdown
+from mednca.nn.reference import PlainMedNCA, mednca_to_plain_state, plain_name
 from mednca.pipeline.losses import dice_bce_loss
 
 
@@ -139,6 +148,71 @@ def test_volume_case_in_process():
     assert out["peak_rss_mb"] >= out["rss_after_import_mb"] > 0
 
 
+def test_volume_source(tmp_path):
+    data, info = load_volume()  # no --data: the synthetic volume
+    assert info == {"source": "synthetic", "case": None, "shape": [35, 51, 35], "read_s": None}
+    assert data.shape == (35, 51, 35)
+    with pytest.raises(DataError):
+        load_volume(tmp_path)  # an explicit folder without images is an error, not the synthetic volume
+    case = {c.name: c for c in bench_cases(quick=True)}["infer-volume"]
+    images, labels, volume, info = case_inputs(case, None)
+    assert labels is None and volume.shape == (35, 51, 35)
+    assert images.shape == (info["slices"], 1, case.config.image_size, case.config.image_size)
+    with pytest.raises(DataError):  # a wrong --data fails before anything is measured
+        run_benchmark(Options(quick=True, data=str(tmp_path)), ["infer-volume"])
+
+
+def _fake_results() -> dict:
+    cases = {c.name: c for c in bench_cases(quick=True)}
+    train = case_summary(cases["train-hippocampus-c16"], {
+        "check": {"ok": True, "max_abs_diff": 2e-7, "max_abs_output": 1.0, "grad_max_rel_diff": 3e-6},
+        "mednca": {"median_s": 0.5, "peak_rss_mb": 300.0, "repeats": 3},
+        "plain": {"median_s": 1.0, "peak_rss_mb": 600.0, "repeats": 3}}, 100.0, None)
+    info = {"source": "synthetic", "case": None, "shape": [35, 51, 35], "read_s": None, "slices": 35}
+    volume = case_summary(cases["volume-default-1thread"], {"mednca": {
+        "median_s": 0.8, "peak_rss_mb": 180.0, "rss_after_import_mb": 150.0, "repeats": 1, "input": info}},
+        100.0, info)
+    meta = {"mednca_version": "x", "torch_version": "y", "threads": 2, "cpu": "cpu", "cpu_count": 2,
+            "started": "now", "loadavg_start": [0.5, 0.5, 0.5], "warmup": 1, "quick": True, "max_rss_mb": 2048.0,
+            "flush_denormal": True, "retain_memory": True, "data": None}
+    return {"meta": meta, "matmul": {"n": 256, "gflops": 100.0, "repeats": 3}, "cases": [train, volume],
+            "ratios": ratios([train, volume]), "failures": [], "memory_aborts": ["train-prostate-c32/plain"]}
+
+
+def test_tables_report_numbers_only():
+    results = _fake_results()
+    train, volume = results["cases"]
+    assert train["speedup"] == 2.0 and train["memory_ratio"] == 2.0
+    assert train["mednca"]["effective_gflops"] == pytest.approx(train["flops"] / 0.5 / 1e9)
+    assert "targets" not in volume
+    assert results["ratios"]["train_speedup"] == {"train-hippocampus-c16": 2.0}
+    text = markdown(results)
+    for gone in ("target", "✓", "✗"):
+        assert gone not in text
+    assert "Volume cases: a synthetic 35×51×35 volume (no --data)." in text
+    assert "| train-hippocampus-c16 | C4 h8 S2 16² patch 8² b2 | 500 | 1000 | 2.00× |" in text
+    assert "| synthetic 35×51×35 | C16 h8 S2 16² ×35 slices | 0.800 | 180 | 150 | 30 |" in text
+    assert "mem-guard: aborted at the memory limit (2.0 GB): train-prostate-c32/plain." in text
+
+
+def test_run_child_errors_and_memory_abort():
+    failed = run_child("no-such-case", "mednca", Options(quick=True))
+    assert "unknown case" in failed["error"] and "memory_abort" not in failed and failed["process_wall_s"] > 0
+    aborted = run_child("infer-slice64", "mednca", Options(quick=True, max_rss_mb=1.0))
+    assert aborted["memory_abort"] and f"exit {EXIT_MEMORY}" in aborted["error"]
+
+
+def test_bench_arguments_do_not_import_torch():
+    code = ("import argparse, sys\n"
+            "from mednca.experiments.bench.args import add_bench_arguments\n"
+            "p = argparse.ArgumentParser()\n"
+            "add_bench_arguments(p)\n"
+            "args = p.parse_args(['--quick', '--only', 'infer-*', '--max-rss-gb', '2'])\n"
+            "assert args.quick and args.only == ['infer-*'] and args.max_rss_gb == 2.0\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_cli_quick_end_to_end(tmp_path, capsys):
     js, md = tmp_path / "bench.json", tmp_path / "bench.md"
     rc = main(["bench", "--quick", "--threads", "1", "--only", "train-hippocampus-c16,infer-slice64",
@@ -162,6 +236,7 @@ def test_cli_quick_end_to_end(tmp_path, capsys):
     text = md.read_text()
     for fragment in ("train-hippocampus-c16", "infer-slice64", "speed-up", "GFLOP/s", "% of the matmul rate"):
         assert fragment in text
+    assert "target" not in text and "Volume cases" not in text  # no volume case ran
     assert "train-hippocampus-c16" in capsys.readouterr().out  # the tables are printed too
 
 
