@@ -17,7 +17,7 @@ PACKAGE = SRC / "mednca"
 #: Layer of each part of the package: a module may import its own layer and the ones below.
 LAYERS = {
     "mednca.version": 0, "mednca.errors": 0, "mednca.config": 0, "mednca.fsutil": 0, "mednca.formats": 0,
-    "mednca.runtime": 0, "mednca.checkpoint": 0,
+    "mednca.runtime": 0, "mednca.checkpoint": 0, "mednca.argtypes": 0,
     "mednca.nn": 1, "mednca.data": 1,
     "mednca.pipeline": 2,
     "mednca.edge": 3,

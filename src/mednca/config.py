@@ -37,6 +37,10 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
                                        "model": MODEL_TYPES}
+#: Largest random seed accepted (seeds derived from it per rank and epoch stay within 64 bits).
+MAX_SEED = 2 ** 32 - 1
+#: Most stochastic passes of one ensemble prediction.
+MAX_ENSEMBLE = 64
 #: Largest :meth:`MedNCAConfig.step_work` accepted: about 15x the paper's prostate model (64 steps),
 #: a few minutes per slice on a laptop CPU.
 MAX_STEP_WORK = 2 * 10 ** 12
@@ -229,6 +233,18 @@ class MedNCAConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         return cls.from_dict(data)
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` if it is an integer from 0 to :data:`MAX_SEED`, else :class:`ConfigError`."""
+    _check_int("seed", seed, 0, MAX_SEED)
+    return seed
+
+
+def check_ensemble(ensemble: Any) -> int:
+    """``ensemble`` if it is an integer from 1 to :data:`MAX_ENSEMBLE`, else :class:`ConfigError`."""
+    _check_int("ensemble", ensemble, 1, MAX_ENSEMBLE)
+    return ensemble
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -10,7 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import case_progress, log, positive_int
+from .. import argtypes
+from ..experiments.bench.args import add_bench_arguments
+from .common import case_progress, log
 
 
 def add_compare(sub) -> None:
@@ -24,8 +26,8 @@ def add_compare(sub) -> None:
     p.add_argument("-o", "--output", help="Markdown file to write (a .json with the rows is written beside it)")
     p.add_argument("--evaluate", action="store_true",
                    help="run 'mednca evaluate RUN' (test split) for runs without eval_test.json")
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats, median reported (default 5)")
-    p.add_argument("--threads", type=positive_int, help="torch threads for the timings (default: torch's)")
+    p.add_argument("--repeats", type=argtypes.positive_int, default=5, help="timed repeats, median reported (default 5)")
+    p.add_argument("--threads", type=argtypes.positive_int, help="torch threads for the timings (default: torch's)")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (faster; no memory figures)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -61,10 +63,10 @@ def add_robustness(sub) -> None:
     p.add_argument("--data", help="task folder (default: the one the first run was trained on)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to use (default test)")
     p.add_argument("-o", "--output", help="output folder (default: RUN/robustness_SPLIT of the first run)")
-    p.add_argument("--severities", type=positive_int, default=3, help="graded severities per perturbation (default 3)")
-    p.add_argument("--cases", type=positive_int, metavar="N", help="use only the first N cases of the split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and fire masks (default 0)")
-    p.add_argument("--ensemble", type=positive_int, default=4, metavar="K",
+    p.add_argument("--severities", type=argtypes.positive_int, default=3, help="graded severities per perturbation (default 3)")
+    p.add_argument("--cases", type=argtypes.positive_int, metavar="N", help="use only the first N cases of the split")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the perturbations and fire masks (default 0)")
+    p.add_argument("--ensemble", type=argtypes.ensemble, default=4, metavar="K",
                    help="stochastic passes per prediction, for the quality score (default 4)")
     p.add_argument("--perturbation", action="append", metavar="NAME",
                    help="only this perturbation (repeatable; default all: noise, spike, ghosting, motion, "
@@ -100,7 +102,7 @@ def add_report(sub) -> None:
                    help="a 'mednca robustness' output folder (repeatable; default: RUN/robustness_SPLIT if present)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="evaluated split (default test)")
     p.add_argument("--data", help="task folder for the example cases (default: each run's training data)")
-    p.add_argument("--seed", type=int, default=0, help="seed of anything predicted for the figures (default 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of anything predicted for the figures (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=cmd_report)
 
@@ -112,30 +114,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                        split=args.split, data_dir=args.data, seed=args.seed, overwrite=args.overwrite)
     log(f"report written to {path}")
     return 0
-
-
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``mednca bench`` (also used by ``python -m mednca.experiments.bench``; no torch import)."""
-    p.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat (a smoke test, seconds)")
-    p.add_argument("--only", action="append", metavar="PATTERN",
-                   help="run only cases whose name matches (glob or substring; comma-separated or repeated)")
-    p.add_argument("--list", action="store_true", help="list the case names and exit")
-    p.add_argument("--json-out", metavar="FILE", help="write all results as JSON")
-    p.add_argument("--markdown-out", metavar="FILE", help="write the Markdown tables (also printed)")
-    p.add_argument("--repeats", type=positive_int, help="minimum timed repeats per measurement (default 3; 1 with --quick)")
-    p.add_argument("--budget", type=float, help="seconds of timed repeats to aim for per measurement, at most 20 "
-                   "repeats (default 10; 0 with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
-    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's default)")
-    p.add_argument("--data", help="MSD hippocampus task folder (default ../shared/data/Task04_Hippocampus)")
-    p.add_argument("--max-rss-gb", type=float, help="abort a measurement whose memory passes this "
-                   "(default 80%% of the memory available at the start)")
-    p.add_argument("--keep-denormals", action="store_true",
-                   help="do not flush denormal floats to zero (by default both implementations flush them, "
-                        "as mednca's commands do)")
-    p.add_argument("--release-memory", action="store_true",
-                   help="let malloc hand freed memory back to the system (glibc's default; by default both "
-                        "implementations keep it for reuse, as mednca's commands do)")
 
 
 def add_bench(sub) -> None:

@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import MedNCAError
-from .common import case_progress, log, positive_int
+from .. import argtypes
+from .common import case_progress, log
 
 
 def add_demo(sub) -> None:
@@ -18,8 +19,8 @@ def add_demo(sub) -> None:
                        description="Make a procedural MRI-like dataset, train a small Med-NCA on it "
                                    "and print its test Dice. Needs no data and no internet.")
     p.add_argument("--out", help="keep the dataset and run here (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default 30)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="random seed (default 0)")
+    p.add_argument("--epochs", type=argtypes.positive_int, default=30, help="training epochs (default 30)")
     p.add_argument("--max-minutes", type=float, help="optional training time budget (default: none)")
     p.set_defaults(func=cmd_demo)
 
@@ -45,8 +46,8 @@ def add_train(sub) -> None:
                    help="override a config field, e.g. --set steps=32 --set 'betas=[0.9,0.99]' (repeatable)")
     p.add_argument("--split", help="JSON with 'train' and 'test' (and optional 'val') case-id lists; "
                    "default: a seeded 70/10/20 split")
-    p.add_argument("--seed", type=int, default=0, help="seed of split, batch order and NCA noise (default 0)")
-    p.add_argument("--epochs", type=positive_int, help="maximum epochs (overrides the preset)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of split, batch order and NCA noise (default 0)")
+    p.add_argument("--epochs", type=argtypes.positive_int, help="maximum epochs (overrides the preset)")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training")
     p.add_argument("--channel", type=int, help="modality of 4D/nnU-Net images (e.g. prostate T2 = 0)")
     p.add_argument("--label", type=int, help="keep only this label value as foreground "
@@ -107,8 +108,8 @@ def add_predict(sub) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint)")
     p.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz file or a folder (or task folder) of them")
     p.add_argument("-o", "--output", required=True, help="output file (for a file input) or folder")
-    p.add_argument("--ensemble", type=positive_int, default=1, metavar="K", help="stochastic passes to average (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the NCA's fire masks (default 0)")
+    p.add_argument("--ensemble", type=argtypes.ensemble, default=1, metavar="K", help="stochastic passes to average (default 1)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the NCA's fire masks (default 0)")
     p.add_argument("--channel", type=int, help="modality of 4D images (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
@@ -160,8 +161,8 @@ def add_evaluate(sub) -> None:
     p.add_argument("-o", "--output", help="results JSON, a CSV is written beside it (default for RUN: "
                    "RUN/eval_SPLIT.json; its masks go to RUN/predictions_SPLIT/ either way)")
     p.add_argument("--label", type=int, help="label value to score (default: all labels > 0 merged)")
-    p.add_argument("--ensemble", type=positive_int, default=1, metavar="K", help="stochastic passes for RUN (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fire masks for RUN (default 0)")
+    p.add_argument("--ensemble", type=argtypes.ensemble, default=1, metavar="K", help="stochastic passes for RUN (default 1)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the fire masks for RUN (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.set_defaults(func=cmd_evaluate)
 
