@@ -3,7 +3,7 @@
     python benchmarks/edge_volume.py [--checkpoint CKPT] [--data DIR] [--steps S] [--repeats 5]
 
 The issue's Raspberry-Pi-class budget is one MSD hippocampus volume at the default preset on one
-thread in <= 1 s and <= 200 MB. A process that imports torch already holds ~280 MB, so this
+thread in <= 1 s and <= 200 MB. A process that imports torch already holds 222 MB (RESULTS), so this
 measures the edge deployment path instead: the parent (with mednca) exports the model with
 ``mednca export`` and writes the volume's slices exactly as mednca preprocesses them (resized to
 the preset's side, normalised) to a .npy file; a fresh child process that imports only numpy

@@ -265,7 +265,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 #: Named presets. ``paper-*`` are the paper's settings (Kalkhof et al. 2023, the authors' code);
 #: ``hippocampus`` and ``prostate`` keep the paper's model and data settings but use the training
-#: recipe mednca found to converge fast and reliably on a CPU (README, "Training recipe"): Adam
+#: recipe mednca found to converge fast and reliably on a CPU (docs/training.md, "Training recipe"): Adam
 #: betas (0.9, 0.99) instead of (0.5, 0.5), batch 16, half of the patches centred on foreground,
 #: gradient-norm clipping, and a faster per-batch lr decay.
 PRESETS: dict[str, dict[str, Any]] = {

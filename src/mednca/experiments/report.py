@@ -472,7 +472,7 @@ def make_report(runs: Sequence[str | Path], out_dir: str | Path = "report", *, c
     out.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     md = [f"# mednca report\n\nmednca {__version__}, {now}; `{split}` split.",
-          "Dice is computed on hard 3D masks on the label grid; HD95 in mm (see the README's Metrics)."]
+          "Dice is computed on hard 3D masks on the label grid; HD95 in mm (see mednca's docs/cli.md, evaluate)."]
     md += _comparison_section(infos, compare, split)
     md += _robustness_section(infos, robustness, split, out)
     md += _quality_section(infos, split, out)

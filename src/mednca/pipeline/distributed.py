@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAUNCH_HINT = ("launch it with torchrun, e.g. 'torchrun --nproc-per-node 2 -m mednca train --distributed "
-               "--data DIR --out RUN' (see README, 'Multi-process and multi-node training')")
+               "--data DIR --out RUN' (see docs/distributed.md)")
 
 
 @dataclass(frozen=True)
