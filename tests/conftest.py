@@ -19,6 +19,37 @@ def _default_denormals():
     torch.set_flush_denormal(False)
 
 
+#: The tiny Med-NCA most tests train or run: 8 channels, hidden 16, 3 steps per level, 16² slices.
+TINY = dict(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4, epochs=1)
+
+
+@pytest.fixture(scope="session")
+def tiny3_config() -> MedNCAConfig:
+    """:data:`TINY` as a config (cubic interpolation, as the presets)."""
+    return MedNCAConfig(**TINY)
+
+
+def random_tiny_model(fire_rate: float = 0.5):
+    """A :data:`TINY` MedNCA (eval mode) with non-zero weights everywhere: a fresh level's last
+    layer is zero (the identity), which would make every output trivial."""
+    import torch
+
+    from mednca.nn.model import MedNCA
+
+    torch.manual_seed(0)
+    model = MedNCA(MedNCAConfig(**TINY, fire_rate=fire_rate))
+    with torch.no_grad():
+        for level in (model.level1, model.level2):
+            level.fc1.weight.normal_(0.0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """The :func:`random_tiny_model` factory (call it with a fire rate)."""
+    return random_tiny_model
+
+
 @pytest.fixture
 def tiny_config() -> MedNCAConfig:
     """A MedNCA config small enough to train a few epochs in well under a second."""
@@ -49,8 +80,7 @@ def train_tiny_run(root: Path) -> tuple[Path, Path]:
     ids = [f"synth_{i:03d}" for i in range(6)]
     split = root / "split.json"
     split.write_text(json.dumps({"train": ids[:2], "val": ids[2:3], "test": ids[3:]}))
-    cfg = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4,
-                       epochs=1, interpolation="linear")
+    cfg = MedNCAConfig(**TINY, interpolation="linear")
     train(data, root / "run", cfg, split_file=split, progress=False, log=lambda s: None)
     return data, root / "run"
 

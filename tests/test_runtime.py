@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from mednca.runtime import peak_rss_mb, retain_freed_memory
+from mednca.runtime import retain_freed_memory
 
 
 def test_peak_rss_grows_with_a_touched_allocation():

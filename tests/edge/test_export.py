@@ -18,30 +18,15 @@ ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
 from mednca.cli import main  # noqa: E402
-from mednca.config import MedNCAConfig  # noqa: E402
 from mednca.errors import MedNCAError, OutputExistsError  # noqa: E402
 from mednca.edge.export import (ExportError, ExportModule, OnnxSegmenter, draw_noise, export_model,  # noqa: E402
                            onnx_benchmark)
 from mednca.nn.model import MedNCA  # noqa: E402
 from mednca.pipeline.predict import predict_slices, predict_volume  # noqa: E402
 
-CONFIG = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4,
-                      batch_size=4, epochs=1)
-
-
-def make_model(fire_rate: float = 0.5) -> MedNCA:
-    """A tiny model with non-zero random weights everywhere (a fresh fc1 is zero: the identity)."""
-    torch.manual_seed(0)
-    model = MedNCA(CONFIG.replace(fire_rate=fire_rate))
-    with torch.no_grad():
-        for level in (model.level1, model.level2):
-            level.fc1.weight.normal_(0.0, 0.3)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def model() -> MedNCA:
-    return make_model()
+def model(random_model) -> MedNCA:
+    return random_model()
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +61,9 @@ def test_onnx_parity_with_explicit_noise(model: MedNCA, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fire_rate", [1.0, 0.0])
-def test_onnx_parity_deterministic_fire_rates(fire_rate: float, tmp_path: Path) -> None:
+def test_onnx_parity_deterministic_fire_rates(fire_rate: float, tmp_path: Path, random_model) -> None:
     """The default (in-graph random) export is exact when every cell fires, or none."""
-    model = make_model(fire_rate)
+    model = random_model(fire_rate)
     path = export_model(model, tmp_path / "m.onnx")
     x = images()
     with torch.no_grad():
@@ -103,9 +88,9 @@ def test_onnx_stochastic_output_and_metadata(model: MedNCA, onnx_path: Path) -> 
     assert runner.config == model.config
 
 
-def test_onnx_runtime_predict_matches_torch(tmp_path: Path) -> None:
+def test_onnx_runtime_predict_matches_torch(tmp_path: Path, random_model) -> None:
     """predict_slices with the onnx runtime == predict_volume with torch (all cells fire)."""
-    model = make_model(1.0)
+    model = random_model(1.0)
     runner = OnnxSegmenter(export_model(model, tmp_path / "m.onnx"))
     volume = np.random.default_rng(0).normal(size=(20, 18, 5)).astype(np.float32)
     ref = predict_volume(model, volume)
@@ -190,14 +175,14 @@ def test_onnx_benchmark_is_callable(onnx_path: Path) -> None:
 
 # -- the command line ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, Path]:
+def run(tmp_path_factory, tiny3_config) -> tuple[Path, Path]:
     """(a NIfTI image, a tiny trained run folder)."""
     from mednca.data.synthetic import make_synthetic_dataset
     from mednca.pipeline.train import train
 
     root = tmp_path_factory.mktemp("export_cli")
     data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
-    train(data, root / "run", CONFIG, progress=False, log=lambda s: None)
+    train(data, root / "run", tiny3_config, progress=False, log=lambda s: None)
     return sorted((data / "imagesTr").glob("*.nii.gz"))[0], root / "run"
 
 

@@ -8,23 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mednca.config import MedNCAConfig
-from mednca.nn.model import MedNCA
 from mednca.edge.quantize import (INT8_MAX, int8_codes, int8_scales, quantize_onnx, round_weights, rounded,
                              weight_stats)
-
-CONFIG = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4,
-                      batch_size=4, epochs=1)
-
-
-def make_model() -> MedNCA:
-    torch.manual_seed(0)
-    model = MedNCA(CONFIG)
-    with torch.no_grad():
-        for level in (model.level1, model.level2):
-            level.fc1.weight.normal_(0.0, 0.3)
-    return model.eval()
-
 
 def test_int8_per_channel_codes_and_scales():
     w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [2.0, 1.0, -0.01]])
@@ -49,8 +34,8 @@ def test_fp16_rounding_and_unknown_precision():
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_round_weights_changes_weights_only_and_copies(precision):
-    model = make_model()
+def test_round_weights_changes_weights_only_and_copies(precision, random_model):
+    model = random_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     low = round_weights(model, precision)
     for name, value in low.state_dict().items():
@@ -66,12 +51,12 @@ def test_round_weights_changes_weights_only_and_copies(precision):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_onnx_export_with_low_precision_weights_matches_rounded_torch_model(precision, tmp_path: Path):
+def test_onnx_export_with_low_precision_weights_matches_rounded_torch_model(precision, tmp_path: Path, random_model):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from mednca.edge.export import META_WEIGHTS, draw_noise, export_model
 
-    model = make_model()
+    model = random_model()
     full = export_model(model, tmp_path / "fp32.onnx", explicit_noise=True)
     low = export_model(model, tmp_path / f"{precision}.onnx", explicit_noise=True, weights=precision)
     assert low.stat().st_size < full.stat().st_size
@@ -91,11 +76,11 @@ def test_onnx_export_with_low_precision_weights_matches_rounded_torch_model(prec
     assert np.abs(eager_low - eager_full).max() > 1e-6  # the rounding is really there
 
 
-def test_low_precision_needs_onnx_and_a_known_precision(tmp_path: Path):
+def test_low_precision_needs_onnx_and_a_known_precision(tmp_path: Path, random_model):
     pytest.importorskip("onnx")
     from mednca.edge.export import ExportError, export_model
 
-    model = make_model()
+    model = random_model()
     with pytest.raises(ExportError, match="ONNX exports only"):
         export_model(model, tmp_path / "m.pt", "torchscript", weights="int8")
     with pytest.raises(ExportError, match="weight precision"):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from mednca.cli import main
-from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_case, make_synthetic_dataset
 from mednca.errors import DataError
 from mednca.experiments.perturbations import (PERTURBATIONS, Context, case_rng, perturb, shift, translation_params,
@@ -120,12 +119,11 @@ def test_zoom_about_the_centre() -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
+def runs(tmp_path_factory, tiny3_config) -> tuple[Path, Path, Path]:
     """(task folder, run, an identical copy of the run)."""
     root = tmp_path_factory.mktemp("robust")
     data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
-    cfg = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4,
-                       epochs=1, interpolation="linear")
+    cfg = tiny3_config.replace(interpolation="linear")
     split = root / "split.json"
     ids = [f"synth_{i:03d}" for i in range(6)]
     split.write_text(json.dumps({"train": ids[:3], "val": ids[3:4], "test": ids[4:]}))

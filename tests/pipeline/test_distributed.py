@@ -27,7 +27,6 @@ from mednca.errors import CheckpointError, MedNCAError
 from mednca.nn.model import MedNCA
 from mednca.pipeline.train import shard_order, train
 
-TINY = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4, batch_size=4, epochs=2)
 
 # Run by torchrun in each of the 2 processes: argv = data folder, output root.
 SCRIPT = textwrap.dedent('''
@@ -113,6 +112,11 @@ def _same(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
+def tiny(tiny3_config) -> MedNCAConfig:
+    return tiny3_config.replace(epochs=2)
+
+
+@pytest.fixture(scope="module")
 def task(tmp_path_factory) -> Path:
     from mednca.data.synthetic import make_synthetic_dataset
 
@@ -120,10 +124,10 @@ def task(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def script_runs(task, tmp_path_factory) -> Path:
+def script_runs(task, tmp_path_factory, tiny) -> Path:
     """Output root of SCRIPT run by 2 processes."""
     root = tmp_path_factory.mktemp("ddp_api")
-    TINY.to_json(root / "cfg.json")
+    tiny.to_json(root / "cfg.json")
     (root / "run_ddp.py").write_text(SCRIPT)
     proc = _torchrun(str(root / "run_ddp.py"), str(task), str(root), cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -134,8 +138,8 @@ def _dumped(root: Path, name: str) -> tuple[dict, dict]:
     return tuple(load_file(str(root / f"{name}.rank{r}.safetensors")) for r in (0, 1))
 
 
-def test_cli_two_processes(task, tmp_path):
-    TINY.to_json(tmp_path / "cfg.json")
+def test_cli_two_processes(task, tmp_path, tiny):
+    tiny.to_json(tmp_path / "cfg.json")
     proc = _torchrun("-m", "mednca", "train", "--distributed", "--data", str(task), "--out", "run",
                      "--config", "cfg.json", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -146,14 +150,14 @@ def test_cli_two_processes(task, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
         ["best.safetensors", "last.safetensors", "last.state.safetensors"]
     assert not [p for p in run.rglob("*") if p.name.startswith(".")]  # no temp files left
-    assert MedNCAConfig.from_json(run / "config.json") == TINY
+    assert MedNCAConfig.from_json(run / "config.json") == tiny
 
 
-def test_ranks_end_with_identical_weights(script_runs):
+def test_ranks_end_with_identical_weights(script_runs, tiny):
     rank0, rank1 = _dumped(script_runs, "straight")
     assert _same(rank0, rank1)
     assert _same(rank0, load_file(str(script_runs / "straight" / "checkpoints" / "last.safetensors")))
-    fresh = MedNCA(TINY, generator=torch.Generator().manual_seed(0)).state_dict()
+    fresh = MedNCA(tiny, generator=torch.Generator().manual_seed(0)).state_dict()
     assert not _same(rank0, fresh)  # it did train
     assert [r["batches"] for r in _log(script_runs / "straight")] == ["3", "6"]
 
@@ -192,14 +196,14 @@ def test_resume_with_another_process_count_is_refused(script_runs, task, tmp_pat
         train(task, run, None, resume=True, epochs=3, progress=False, log=lambda s: None)
 
 
-def test_one_process_group_equals_plain_training(task, tmp_path, monkeypatch):
+def test_one_process_group_equals_plain_training(task, tmp_path, monkeypatch, tiny):
     """Rank 0's randomness is the single-process one: a 1-process distributed run is identical."""
-    tiny = TINY.replace(batches_per_epoch=2)
-    plain = train(task, tmp_path / "plain", tiny, seed=3, epochs=1, progress=False, log=lambda s: None)
+    config = tiny.replace(batches_per_epoch=2)
+    plain = train(task, tmp_path / "plain", config, seed=3, epochs=1, progress=False, log=lambda s: None)
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(key, value)
-    ddp = train(task, tmp_path / "ddp", tiny, seed=3, epochs=1, progress=False, log=lambda s: None,
+    ddp = train(task, tmp_path / "ddp", config, seed=3, epochs=1, progress=False, log=lambda s: None,
                 distributed=True)
     assert not D.is_initialized()  # train() left the group it joined
     assert _same(plain.model.state_dict(), ddp.model.state_dict())

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_synthetic_dataset
 from mednca.errors import DataError, OutputExistsError
 from mednca.pipeline.evaluate import evaluate_folders, evaluate_run, match_folders
@@ -162,12 +161,10 @@ def test_affine_mismatch(folders) -> None:
 
 # -- evaluate_run on a tiny trained run --------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, Path]:
+def run(tmp_path_factory, tiny3_config) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("evalrun")
     data = make_synthetic_dataset(root / "data", n_cases=6, shape=(20, 20, 6))
-    config = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4,
-                          batch_size=4, epochs=1)
-    train(data, root / "run", config, epochs=1, progress=False, log=lambda s: None)
+    train(data, root / "run", tiny3_config, epochs=1, progress=False, log=lambda s: None)
     return root / "run", data
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mednca.config import MedNCAConfig
 from mednca.data.synthetic import make_case, make_synthetic_dataset
 from mednca.errors import DataError, OutputExistsError
 from mednca.nn.model import MedNCA
@@ -31,15 +30,8 @@ AFFINE = rotated_affine()
 
 
 @pytest.fixture(scope="module")
-def model() -> MedNCA:
-    config = MedNCAConfig(channels=8, hidden=16, steps=3, image_size=16, patch_size=8, scale=4,
-                          batch_size=4, epochs=1)
-    torch.manual_seed(0)
-    m = MedNCA(config)
-    with torch.no_grad():  # untrained fc1 is zero (identity NCA); make the outputs non-trivial
-        for level in (m.level1, m.level2):
-            level.fc1.weight.normal_(0.0, 0.3)
-    return m.eval()
+def model(random_model) -> MedNCA:
+    return random_model()
 
 
 def image(seed: int = 0) -> np.ndarray:
