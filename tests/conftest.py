@@ -44,6 +44,24 @@ def random_tiny_model(fire_rate: float = 0.5):
     return model.eval()
 
 
+def randomise_weights(module, seed: int = 0, scale: float = 0.3):
+    """Give every weight of ``module`` (the zero-initialised last layers included) random
+    non-zero values N(0, scale²) from a generator seeded ``seed``; returns ``module``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+@pytest.fixture(scope="session")
+def randomise():
+    """The :func:`randomise_weights` helper."""
+    return randomise_weights
+
+
 @pytest.fixture(scope="session")
 def random_model():
     """The :func:`random_tiny_model` factory (call it with a fire rate)."""

@@ -11,15 +11,6 @@ from mednca.nn.level import NCALevel
 C, HIDDEN = 6, 12
 
 
-def _randomise(level: NCALevel, seed: int = 0) -> NCALevel:
-    """Give every weight (incl. the zero-initialised fc1) random non-zero values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in level.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return level
-
-
 def _state(b: int = 2, h: int = 8, w: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.randn((b, C, h, w), generator=torch.Generator().manual_seed(seed))
 
@@ -34,16 +25,16 @@ def test_fresh_level_is_identity(steps):
         assert torch.equal(level(x, steps), x)
 
 
-def test_fire_rate_zero_changes_nothing():
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.0))
+def test_fire_rate_zero_changes_nothing(randomise):
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=0.0))
     x = _state()
     assert torch.equal(level(x, 3), x)
     with torch.no_grad():
         assert torch.equal(level(x, 3), x)
 
 
-def test_fire_rate_one_updates_all_cells():
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=1.0))
+def test_fire_rate_one_updates_all_cells(randomise):
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=1.0))
     x = _state()
     y = level(x, 1)
     changed = (y[:, 1:] != x[:, 1:]).any(1)  # (B, H, W): some hidden channel changed
@@ -53,8 +44,8 @@ def test_fire_rate_one_updates_all_cells():
 
 
 @pytest.mark.parametrize("grad", [True, False])
-def test_channel_zero_stays_the_image(grad):
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+def test_channel_zero_stays_the_image(grad, randomise):
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state()
     with torch.set_grad_enabled(grad):
         y = level(x, 7, generator=torch.Generator().manual_seed(3))
@@ -63,9 +54,9 @@ def test_channel_zero_stays_the_image(grad):
 
 
 @pytest.mark.parametrize("chunk", [4096, 7])
-def test_step_matches_dense(chunk, monkeypatch):
+def test_step_matches_dense(chunk, monkeypatch, randomise):
     monkeypatch.setattr("mednca.nn.steps.CHUNK", chunk)
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state(h=9, w=7)
     mask = level.fire_mask(x, torch.Generator().manual_seed(5))
     assert 0 < mask.sum() < mask.numel()
@@ -80,8 +71,8 @@ def test_step_matches_dense(chunk, monkeypatch):
     assert torch.equal(sparse[unfired], x[unfired])
 
 
-def test_no_grad_step_equals_grad_step_for_same_generator_seed():
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+def test_no_grad_step_equals_grad_step_for_same_generator_seed(randomise):
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state()
     dense = level(x, 4, generator=torch.Generator().manual_seed(9)).detach()
     with torch.no_grad():
@@ -102,8 +93,8 @@ def test_invalid_constructor_args_raise(kwargs):
         NCALevel(**kwargs)
 
 
-def test_perceive_shape_and_reflect_padding():
-    level = _randomise(NCALevel(C, HIDDEN))
+def test_perceive_shape_and_reflect_padding(randomise):
+    level = randomise(NCALevel(C, HIDDEN))
     x = _state(h=5, w=6)
     p = level.perceive(x)
     assert p.shape == (2, 3 * C, 5, 6)
@@ -136,9 +127,9 @@ def _grads(level, loss):
 
 
 @pytest.mark.parametrize("chunk", [4096, 5])
-def test_sparse_step_gradients_match_dense(chunk, monkeypatch):
+def test_sparse_step_gradients_match_dense(chunk, monkeypatch, randomise):
     monkeypatch.setattr("mednca.nn.steps.CHUNK", chunk)
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state(h=9, w=7).requires_grad_(True)
     mask = level.fire_mask(x, torch.Generator().manual_seed(5))
     weight = torch.randn_like(x)
@@ -154,8 +145,8 @@ def test_sparse_step_gradients_match_dense(chunk, monkeypatch):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_gradient_checkpointing_changes_nothing():
-    level = _randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
+def test_gradient_checkpointing_changes_nothing(randomise):
+    level = randomise(NCALevel(C, HIDDEN, fire_rate=0.5))
     x = _state()
     plain = level(x, 5, generator=torch.Generator().manual_seed(2))
     g_plain = _grads(level, plain[:, 1].square().sum())
@@ -166,8 +157,8 @@ def test_gradient_checkpointing_changes_nothing():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_weights_follow_the_parameters():
-    level = _randomise(NCALevel(C, HIDDEN))
+def test_packed_weights_follow_the_parameters(randomise):
+    level = randomise(NCALevel(C, HIDDEN))
     wv, w0, w1 = level.packed_weights()
     assert wv.shape == (2 * C, C, 3, 3)
     assert w0.shape == (HIDDEN, 3 * C + 1) and w1.shape == (C, HIDDEN)

@@ -9,14 +9,6 @@ from mednca.config import MedNCAConfig
 from mednca.nn.model import MedNCA
 
 
-def _randomise(model: MedNCA, seed: int = 0) -> MedNCA:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
-
-
 def _images(b: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.rand((b, 1, size, size), generator=torch.Generator().manual_seed(seed))
 
@@ -25,8 +17,8 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def test_inference_shape(tiny_config):
-    model = _randomise(MedNCA(tiny_config))
+def test_inference_shape(tiny_config, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     out = model(_images(3), generator=_gen())
     assert out.shape == (3, 1, 16, 16)
     assert torch.isfinite(out).all()
@@ -37,8 +29,8 @@ def test_inference_on_other_sizes(tiny_config):
     assert model(torch.rand(1, 1, 8, 24)).shape == (1, 1, 8, 24)
 
 
-def test_training_shapes(tiny_config):
-    model = _randomise(MedNCA(tiny_config))
+def test_training_shapes(tiny_config, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     images = _images(3)
     logits_p, labels_p = model(images, (images > 0.5).float(), generator=_gen())
     assert logits_p.shape == labels_p.shape == (3, 1, 8, 8)
@@ -54,8 +46,8 @@ def test_crop_takes_the_window_at_the_origins():
     assert torch.equal(out[1], x[1, :, 3:6, 1:4])
 
 
-def test_training_patch_is_the_same_window_in_image_label_and_state(tiny_config):
-    model = _randomise(MedNCA(tiny_config))
+def test_training_patch_is_the_same_window_in_image_label_and_state(tiny_config, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     b, size, p = 4, 16, tiny_config.patch_size
     images = _images(b, size)
     # the label encodes the pixel's position, so the crop tells where it came from
@@ -75,8 +67,8 @@ def test_training_patch_is_the_same_window_in_image_label_and_state(tiny_config)
     assert torch.equal(state_p[:, :1], MedNCA.crop(images, origins, p))
 
 
-def test_patch_state_is_the_window_of_the_global_state(tiny_config):
-    model = _randomise(MedNCA(tiny_config))
+def test_patch_state_is_the_window_of_the_global_state(tiny_config, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     images = _images(5, 16)
     origins = torch.tensor([[0, 0], [8, 8], [3, 5], [7, 1], [2, 8]])
     full = MedNCA.crop(model.global_state(images, _gen(6)), origins, tiny_config.patch_size)
@@ -113,8 +105,8 @@ def test_fg_patch_prob_one_always_contains_foreground(tiny_config):
     assert (patches.flatten(1).amax(1) > 0).all()
 
 
-def test_global_state_hand_off(tiny_config):
-    model = _randomise(MedNCA(tiny_config))
+def test_global_state_hand_off(tiny_config, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     images = _images(2)
     s = tiny_config.scale
     state = model.global_state(images, _gen(5))
@@ -140,8 +132,8 @@ def test_fresh_model_outputs_zero_logits(tiny_config):
     assert torch.allclose(mean, torch.full_like(mean, 0.5))
 
 
-def test_same_seed_same_output_different_seed_different_output(tiny_config):
-    model = _randomise(MedNCA(tiny_config))
+def test_same_seed_same_output_different_seed_different_output(tiny_config, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     images = _images(2)
     a = model(images, generator=_gen(1))
     b = model(images, generator=_gen(1))
@@ -162,8 +154,8 @@ def test_labels_must_match_images(tiny_config):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_predict_proba_ensemble(tiny_config, k):
-    model = _randomise(MedNCA(tiny_config))
+def test_predict_proba_ensemble(tiny_config, k, randomise):
+    model = randomise(MedNCA(tiny_config), scale=0.2)
     mean, std = model.predict_proba(_images(2), ensemble=k, generator=_gen(0))
     assert mean.shape == std.shape == (2, 1, 16, 16)
     assert (mean >= 0).all() and (mean <= 1).all()

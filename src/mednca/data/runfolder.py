@@ -27,14 +27,30 @@ from ..fsutil import atomic_write_text
 from .splits import SPLIT_KEYS, save_split
 
 
+#: Where each file of a run lives, relative to the run folder (the attributes of :class:`RunFolder`).
+LAYOUT = {"config_file": "config.json", "split_file": "split.json", "info_file": "run.json", "log_file": "log.csv",
+          "checkpoints": "checkpoints", "last": "checkpoints/last.safetensors",
+          "last_state": "checkpoints/last.state.safetensors", "best": "checkpoints/best.safetensors"}
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and readers of one run folder (see the module docstring for the layout)."""
 
     path: Path
+    config_file: Path
+    split_file: Path
+    info_file: Path
+    log_file: Path
+    checkpoints: Path
+    last: Path  # the latest weights (a model checkpoint)
+    last_state: Path  # what --resume needs, in one file
+    best: Path  # the best validation Dice so far
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
+        for name, relative in LAYOUT.items():
+            object.__setattr__(self, name, self.path / relative)
 
     @classmethod
     def open(cls, path: str | Path, *required: str) -> "RunFolder":
@@ -48,39 +64,6 @@ class RunFolder:
             if not (run.path / name).is_file():
                 raise DataError(f"{run.path} is not a run folder (no {name})")
         return run
-
-    # -- layout ------------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def split_file(self) -> Path:
-        return self.path / "split.json"
-
-    @property
-    def info_file(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / "log.csv"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.safetensors"
-
-    @property
-    def last_state(self) -> Path:
-        return self.checkpoints / "last.state.safetensors"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.safetensors"
 
     def eval_file(self, split: str = "test") -> Path:
         return self.path / f"eval_{split}.json"
