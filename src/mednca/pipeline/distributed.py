@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -191,6 +191,24 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and hand its result (or its error) to every rank."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below on every rank
+            error = exc
+    shared = error if error is None or isinstance(error, MedNCAError) else \
+        MedNCAError(f"rank 0 failed: {type(error).__name__}: {error}")
+    result, shared = broadcast_object((result, shared))
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise shared
+    return result
 
 
 def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:

@@ -43,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import torch
 
@@ -53,14 +53,13 @@ from ..data.cases import find_cases
 from ..data.runfolder import RunFolder
 from ..data.slices import SliceData, load_slices
 from ..data.splits import load_split, make_split
-from ..errors import CheckpointError, DataError, MedNCAError, OutputExistsError, TrainingError
+from ..errors import CheckpointError, DataError, OutputExistsError, TrainingError
 from ..nn.base import SegmentationModel
 from ..nn.build import build_model
 from ..version import __version__
 from . import distributed as D
+from .batches import epoch_order, lr_at, rank_seed, shard_order
 from .losses import dice_bce_loss
-
-T = TypeVar("T")
 
 LOG_FIELDS = ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollbacks", "elapsed_s")
 #: Roll-backs after a non-finite loss before training gives up.
@@ -106,47 +105,6 @@ class RunState:
     def from_dict(cls, data: dict) -> "RunState":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def epoch_order(data: SliceData, config: MedNCAConfig, seed: int, epoch: int) -> torch.Tensor:
-    """Slice indices of one epoch, a deterministic function of (seed, epoch).
-
-    Slices without foreground are kept with probability ``empty_slice_prob``.
-    """
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    keep = data.foreground() | (torch.rand(len(data), generator=g) < config.empty_slice_prob)
-    idx = keep.nonzero().squeeze(1)
-    idx = idx[torch.randperm(len(idx), generator=g)]
-    n_batches = config.batches_per_epoch or max(1, len(idx) // config.batch_size)
-    need = n_batches * config.batch_size
-    if need > len(idx):  # repeat the permutation to fill a fixed-length epoch
-        idx = idx.repeat(math.ceil(need / len(idx)))
-    return idx[:need]
-
-
-def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s part of an epoch order: every ``world_size``-th batch, from batch ``rank``.
-
-    All ranks get the same number of whole batches (the last ``n_batches % world_size`` batches
-    are dropped; an epoch of fewer batches than ranks is repeated until every rank has one), so
-    step ``k`` of all ranks together covers batches ``k*world_size ... k*world_size+world_size-1``.
-    """
-    batches = order.view(-1, batch_size)  # (n_batches, batch_size)
-    if len(batches) < world_size:
-        batches = batches.repeat(math.ceil(world_size / len(batches)), 1)
-    steps = len(batches) // world_size
-    return batches[:steps * world_size][rank::world_size].reshape(-1)
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """Seed of rank ``rank``'s generator (fire masks, patch positions): ``seed`` on rank 0."""
-    return seed + 1_000_003 * rank
-
-
-def lr_at(config: MedNCAConfig, step: int) -> float:
-    """Learning rate of batch ``step``: linear warm-up, then exponential decay per batch."""
-    warm = min(1.0, (step + 1) / config.warmup_batches) if config.warmup_batches else 1.0
-    return config.lr * warm * config.lr_gamma ** step
 
 
 @torch.no_grad()
@@ -250,7 +208,7 @@ class Trainer:
         self.log = log if self.main else (lambda text: None)
         self.progress = progress and self.main
         self.run_folder = plan.run
-        self.config, self.seed, split = _on_main(lambda: _prepare(plan, self.world))
+        self.config, self.seed, split = D.on_main(lambda: _prepare(plan, self.world))
         self.train_data = self._load(plan.data_dir, split["train"], "train")
         self.val_data = self._load(plan.data_dir, split["val"], "val")
         if len(self.train_data) == 0:
@@ -259,7 +217,7 @@ class Trainer:
             raise DataError(f"no foreground in any training label under {plan.data_dir} "
                             f"(label={self.config.label}); check the label folder and --label")
         # Only now that the data is known to be usable is anything written.
-        resumed = _on_main(lambda: _write_or_read(plan, self.config, self.seed, split))
+        resumed = D.on_main(lambda: _write_or_read(plan, self.config, self.seed, split))
         self._build(resumed)
 
     def _load(self, data_dir: Path, ids: list[str], what: str) -> SliceData:
@@ -498,24 +456,6 @@ def _write_or_read(plan: _Plan, config: MedNCAConfig, seed: int, split: dict[str
     if weights is None:  # a state written before it held the weights
         weights = read_model_file(run.last)[1]
     return weights, state.optimizer_state, state.counters, state.generator_states
-
-
-def _on_main(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and hand its result (or its error) to every rank."""
-    result, error = None, None
-    if D.is_main():
-        try:
-            result = fn()
-        except Exception as exc:  # re-raised below on every rank
-            error = exc
-    shared = error if error is None or isinstance(error, MedNCAError) else \
-        MedNCAError(f"rank 0 failed: {type(error).__name__}: {error}")
-    result, shared = D.broadcast_object((result, shared))
-    if error is not None:
-        raise error
-    if shared is not None:
-        raise shared
-    return result
 
 
 # -- small pieces ---------------------------------------------------------------------------------
