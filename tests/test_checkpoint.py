@@ -154,19 +154,22 @@ def test_atomic_save_leaves_no_temp_files(tmp_path, tiny_config):
 
 
 def test_failed_save_keeps_old_file_and_no_temp_files(tmp_path, tiny_config, monkeypatch):
-    import safetensors.torch
+    import errno
+    import pathlib
+
+    from mednca.errors import OutputError
 
     folder = tmp_path / "ckpt"
     path = _model(tiny_config, seed=1).save(folder / "m.safetensors")
     before = path.read_bytes()
 
-    def broken_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    def disk_full(self, data):
+        with open(self, "wb") as f:
+            f.write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_full)
+    with pytest.raises(OutputError, match=f"cannot write {path}: No space left on device"):
         _model(tiny_config, seed=2).save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["m.safetensors"]

@@ -41,10 +41,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    data = save(tensors, metadata=header)  # serialised here, written by Python: OS errors stay OSErrors
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        tmp.write_bytes(data)
     return path
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from . import argtypes
 from .config import MODEL_TYPES, PRESETS, MedNCAConfig, parse_override
 from .errors import MedNCAError
+from .fsutil import WRITE_ERRNOS
 from .experiments.bench.args import add_bench_arguments
 from .runtime import tune_for_networks
 from .version import __version__
@@ -481,11 +482,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune_for_networks()
         return args.func(args)
     except MedNCAError as exc:
-        print(f"mednca: error: {exc}", file=sys.stderr)
+        print(f"mednca: error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:  # anything else is a bug: keep its traceback
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mednca: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"mednca: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """A message on one line: its lines joined with "; " and runs of spaces folded."""
+    return "; ".join(" ".join(line.split()) for line in message.splitlines() if line.strip())
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

@@ -27,6 +27,10 @@ class OutputExistsError(MedNCAError):
     """An output path exists and overwriting was not allowed."""
 
 
+class OutputError(MedNCAError):
+    """An output cannot be written: a read-only place, a full disk, a path under a file."""
+
+
 class DownloadError(MedNCAError):
     """A dataset archive could not be fetched, verified or unpacked."""
 

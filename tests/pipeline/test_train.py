@@ -262,3 +262,97 @@ def test_epoch_order_sampling_options():
     assert len(only_fg) == 4 and set(only_fg.tolist()) == {0, 1, 2, 3}
     fixed = epoch_order(data, MedNCAConfig(batch_size=4, batches_per_epoch=5, name="custom"), 0, 0)
     assert len(fixed) == 20 and set(fixed.tolist()) == set(range(10))
+
+
+# -- crashes between writes ------------------------------------------------------------------------
+class Killed(BaseException):
+    """A hard kill: not an Exception, not a KeyboardInterrupt, so no handler of mednca runs."""
+
+
+def _commits(monkeypatch, kill_at: int | None = None) -> list[int]:
+    """Count the atomic file commits (os.replace) of mednca; the ``kill_at``-th one is killed
+    just before it happens. Returns the live counter."""
+    import mednca.fsutil
+
+    real, calls = mednca.fsutil.os.replace, [0]
+
+    def replace(src, dst):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            raise Killed
+        return real(src, dst)
+
+    monkeypatch.setattr(mednca.fsutil.os, "replace", replace)
+    return calls
+
+
+def _rows(run):
+    return [{k: r[k] for k in ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollbacks")}
+            for r in _log(run)]
+
+
+def test_a_kill_between_any_two_writes_resumes_to_the_uninterrupted_result(tmp_path, synthetic_task,
+                                                                            tiny_config, monkeypatch):
+    config = tiny_config.replace(batches_per_epoch=2, epochs=3)
+    straight = tmp_path / "straight"
+    calls = _commits(monkeypatch)
+    train(synthetic_task, straight, config, seed=0, **_quiet())
+    n_commits = calls[0]
+    monkeypatch.undo()
+    assert n_commits >= 12  # config, split, run info, then per epoch: best?, log, state, last
+    resumed_from_a_state = 0
+    for kill_at in range(1, n_commits + 1):
+        run = tmp_path / f"killed{kill_at}"
+        _commits(monkeypatch, kill_at)
+        with pytest.raises(Killed):
+            train(synthetic_task, run, config, seed=0, **_quiet())
+        monkeypatch.undo()
+        if (run / "checkpoints" / "last.state.safetensors").exists():
+            train(synthetic_task, run, None, resume=True, **_quiet())
+            resumed_from_a_state += 1
+        else:  # killed before the first state: nothing to resume, a clear error, then a new run
+            with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+                train(synthetic_task, run, None, resume=True, **_quiet())
+            train(synthetic_task, run, config, seed=0, overwrite=True, **_quiet())
+        assert _same(_weights(run), _weights(straight)), f"killed at commit {kill_at}"
+        assert _rows(run) == _rows(straight), f"killed at commit {kill_at}"
+    assert resumed_from_a_state >= n_commits - 6
+
+
+def test_an_interrupt_mid_epoch_logs_the_same_row_as_a_straight_run(tmp_path, synthetic_task, tiny_config,
+                                                                     monkeypatch):
+    train(synthetic_task, tmp_path / "straight", tiny_config, seed=0, **_quiet())
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "dice_bce_loss", _fail_on_call(9, lambda loss: KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_task, out, tiny_config, seed=0, **_quiet())
+    monkeypatch.undo()
+    train(synthetic_task, out, None, resume=True, **_quiet())
+    assert _rows(out) == _rows(tmp_path / "straight")  # the epoch's loss covers the batches before the stop too
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, synthetic_task, tiny_config):
+    """The audit's reproduction: ``(ulimit -f N; mednca train --resume ...)`` on a small run."""
+    import resource
+    import subprocess
+    import sys
+
+    config = tiny_config.replace(batches_per_epoch=2, epochs=2)
+    train(synthetic_task, tmp_path / "straight", config, seed=0, **_quiet())
+    run = tmp_path / "run"
+    train(synthetic_task, run, config.replace(epochs=1), seed=0, **_quiet())
+    state = run / "checkpoints" / "last.state.safetensors"
+    limit = state.stat().st_size // 2  # the small files fit, the training state does not
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, "-m", "mednca", "train", "--data", str(synthetic_task), "--out", str(run),
+           "--resume", "--epochs", "2", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("mednca: error: cannot write ") and "File too large" in err and "\n" not in err
+    train(synthetic_task, run, None, resume=True, epochs=2, **_quiet())
+    assert _same(_weights(run), _weights(tmp_path / "straight"))
+    assert _rows(run) == _rows(tmp_path / "straight")

@@ -48,12 +48,14 @@ from typing import Callable
 import torch
 
 from ..checkpoint import TrainingState, read_model_file, save_training_state
-from ..config import MedNCAConfig
+from ..config import MedNCAConfig, check_seed
 from ..data.cases import find_cases
 from ..data.runfolder import RunFolder
 from ..data.slices import SliceData, load_slices
+from ..data.volumes import read_case
 from ..data.splits import load_split, make_split
-from ..errors import CheckpointError, DataError, OutputExistsError, TrainingError
+from ..fsutil import atomic_path
+from ..errors import CheckpointError, DataError, OutputError, OutputExistsError, TrainingError
 from ..nn.base import SegmentationModel
 from ..nn.build import build_model
 from ..version import __version__
@@ -92,6 +94,9 @@ class RunState:
         best: Best validation Dice so far (-1 before the first validation).
         lr_scale: Learning-rate factor, halved at every roll-back.
         elapsed_s: Training wall time of all sessions of this run.
+        epoch_loss_sum, epoch_losses, epoch_rollbacks: The current epoch's summed batch loss,
+            its number of completed batches and its roll-backs, so that an epoch interrupted and
+            resumed logs the same row as one that ran straight.
     """
 
     epoch: int = 0
@@ -100,11 +105,24 @@ class RunState:
     best: float = -1.0
     lr_scale: float = 1.0
     elapsed_s: float = 0.0
+    epoch_loss_sum: float = 0.0
+    epoch_losses: int = 0
+    epoch_rollbacks: int = 0
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: dict, source: str | Path = "training state") -> "RunState":
+        """The state saved as ``data`` (missing fields take their defaults; a state written by
+        an older mednca lacks the ``epoch_*`` ones)."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = data.get(f.name, f.default) if isinstance(data, dict) else None
+            kind = int if f.type == "int" else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise CheckpointError(f"{source}: the counter {f.name} is {value!r}, not a number; the state is damaged")
+            values[f.name] = kind(value)
+        if min(values["epoch"], values["batch_in_epoch"], values["step"]) < 0:
+            raise CheckpointError(f"{source}: negative counters; the state is damaged")
+        return cls(**values)
 
 
 @torch.no_grad()
@@ -216,20 +234,26 @@ class Trainer:
         if not bool(self.train_data.foreground().any()):
             raise DataError(f"no foreground in any training label under {plan.data_dir} "
                             f"(label={self.config.label}); check the label folder and --label")
-        # Only now that the data is known to be usable is anything written.
+        D.on_main(lambda: _check_cases(plan.data_dir, self.config, split["test"], "test"))
+        self._build()
+        # Only now that the data is known to be usable and the model built is anything written.
         resumed = D.on_main(lambda: _write_or_read(plan, self.config, self.seed, split))
-        self._build(resumed)
+        if resumed is not None:
+            self._restore(*resumed)
+        shape = (f"{self.config.channels} channels, {self.config.steps} steps/level"
+                 if self.config.model == "mednca" else "whole-slice training")
+        self.log(f"model: {self.config.model}, {self.model.num_parameters():,} parameters, {shape}")
+        self._wrap()
 
     def _load(self, data_dir: Path, ids: list[str], what: str) -> SliceData:
-        wanted = set(ids)
-        cases = [c for c in find_cases(data_dir, self.config.channel) if c.case_id in wanted]
+        cases = _split_cases(data_dir, self.config, ids, what)
         t0 = time.perf_counter()
         data = load_slices(cases, self.config)
         self.log(f"loaded {what}: {len(cases)} cases, {len(data)} slices ({time.perf_counter() - t0:.1f} s)")
         return data
 
-    def _build(self, resumed: tuple | None) -> None:
-        """Model, optimiser, generator and loop state: fresh from the seed, or as saved."""
+    def _build(self) -> None:
+        """Model, optimiser, generator and loop state, fresh from the seed."""
         config = self.config
         self.model = build_model(config, generator=torch.Generator().manual_seed(self.seed)).train()
         if self.device is not None:
@@ -237,17 +261,26 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.betas)
         self.generator = torch.Generator(self.device or "cpu").manual_seed(rank_seed(self.seed, self.rank))
         self.state = RunState()
-        if resumed is not None:
-            weights, optimizer_state, counters, generator_states = resumed
+
+    def _restore(self, weights: dict, optimizer_state: dict, counters: dict, generator_states: list) -> None:
+        """Everything as saved in the run's training state."""
+        source = self.run_folder.last_state
+        try:
             self.model.load_state_dict(weights)
             self.optimizer.load_state_dict(optimizer_state)
             self.generator.set_state(generator_states[self.rank])
-            self.state = RunState.from_dict(counters)
-            self.log(f"resuming {self.run_folder.path} at epoch {self.state.epoch + 1}, "
-                     f"batch {self.state.batch_in_epoch}")
-        shape = (f"{config.channels} channels, {config.steps} steps/level" if config.model == "mednca"
-                 else "whole-slice training")
-        self.log(f"model: {config.model}, {self.model.num_parameters():,} parameters, {shape}")
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{source} does not fit the run's model and optimiser ({first}); "
+                                  "start a new run, or resume from an intact copy") from exc
+        self.state = RunState.from_dict(counters, source)
+        if self.main:  # a crash after the state's commit may have left an older last.safetensors
+            self.model.save(self.run_folder.last, epoch=str(self.state.epoch))
+        self.log(f"resuming {self.run_folder.path} at epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}")
+
+    def _wrap(self) -> None:
+        """The module the loop calls: the model, or DDP around it in a distributed run."""
+        config = self.config
         self.net: torch.nn.Module = self.model
         if self.info is not None:
             from torch.nn.parallel import DistributedDataParallel
@@ -276,7 +309,6 @@ class Trainer:
                                     config.batch_size, self.rank, self.world)
                 n_batches = len(order) // config.batch_size
                 self.bar = _progress_bar(n_batches, state, config, self.progress)
-                losses, rollbacks = [], 0
                 while state.batch_in_epoch < n_batches:
                     # rank 0's clock decides; any rank's signal stops all
                     time_up, stop_requested = D.any_true(
@@ -287,13 +319,9 @@ class Trainer:
                     if stop_requested:
                         raise _AgreedStop
                     b = state.batch_in_epoch
-                    loss = self._train_batch(order[b * config.batch_size:(b + 1) * config.batch_size])
-                    if loss is None:
-                        rollbacks += 1
-                    else:
-                        losses.append(loss)
+                    self._train_batch(order[b * config.batch_size:(b + 1) * config.batch_size])
                 self._close_bar()
-                self._end_epoch(losses, rollbacks, state.batch_in_epoch >= n_batches)
+                self._end_epoch(state.batch_in_epoch >= n_batches)
         except (KeyboardInterrupt, _AgreedStop) as exc:
             self._interrupted(agreed=isinstance(exc, _AgreedStop))
             raise KeyboardInterrupt from None
@@ -305,8 +333,8 @@ class Trainer:
         return TrainResult(self.run_folder.path, state.epoch, state.step, state.best, state.elapsed_s,
                            stopped_early, self.model.eval())
 
-    def _train_batch(self, idx: torch.Tensor) -> float | None:
-        """One optimizer step on the slices ``idx``; its loss, or None if it was rolled back."""
+    def _train_batch(self, idx: torch.Tensor) -> None:
+        """One optimizer step on the slices ``idx`` (or a roll-back if its loss is not finite)."""
         config, state = self.config, self.state
         self.batch_start_rng = self.generator.get_state()
         lr = lr_at(config, state.step) * state.lr_scale
@@ -329,16 +357,18 @@ class Trainer:
         state.batch_in_epoch += 1
         self.batch_start_rng = None  # the batch is complete
         if not finite:
+            state.epoch_rollbacks += 1
             self._roll_back()
-            return None
+            return
         self.optimizer.step()
         if state.step % SNAPSHOT_EVERY == 0:
             self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
         value = loss.item()
+        state.epoch_loss_sum += value
+        state.epoch_losses += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-        return value
 
     def _roll_back(self) -> None:
         """After a non-finite loss or gradient: back to the last snapshot, at half the lr."""
@@ -352,12 +382,16 @@ class Trainer:
                 f"learning rate scaled to x{self.state.lr_scale:g}")
         self.bar.write(text) if self.bar is not None else self.log(text)
 
-    def _end_epoch(self, losses: list[float], rollbacks: int, complete: bool) -> None:
-        """Validate and log (if any batch ran), advance the epoch if it is complete, save."""
+    def _end_epoch(self, complete: bool) -> None:
+        """Validate and log (if any batch ran), advance the epoch if it is complete, save.
+
+        Nothing here is committed before :meth:`_save_last`: a crash in between redoes the
+        epoch's end on resume, which writes the same best checkpoint and log row again.
+        """
         state = self.state
         elapsed = self.base_elapsed + time.perf_counter() - self.t_start
-        if complete or losses:  # the same on every rank
-            train_loss = D.all_reduce_mean(sum(losses) / max(1, len(losses)))
+        if complete or state.epoch_losses:  # the same on every rank
+            train_loss = D.all_reduce_mean(state.epoch_loss_sum / max(1, state.epoch_losses))
             # rank 0 validates while the others wait for its result
             val = D.broadcast_object(validation_dice(self.model, self.val_data, self.seed, device=self.device)
                                      if self.main else None)
@@ -369,14 +403,15 @@ class Trainer:
             lr_now = lr_at(self.config, state.step) * state.lr_scale
             row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{lr_now:.6g}",
                    "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}", "best": int(improved),
-                   "rollbacks": rollbacks, "elapsed_s": f"{elapsed:.1f}"}
+                   "rollbacks": state.epoch_rollbacks, "elapsed_s": f"{elapsed:.1f}"}
             if self.main:
-                _append_log(self.run_folder.log_file, row)
+                _write_log_row(self.run_folder.log_file, row)
             self.log(f"epoch {row['epoch']}{'' if complete else ' (partial)'}: loss {row['train_loss']} "
                      f"val Dice {val:.4f}{' (best)' if improved else ''}  [{elapsed / 60:.1f} min]")
         if complete:
             state.epoch += 1
-            state.batch_in_epoch = 0
+            state.batch_in_epoch = state.epoch_losses = state.epoch_rollbacks = 0
+            state.epoch_loss_sum = 0.0
         state.elapsed_s = elapsed
         self._save_last()
 
@@ -428,8 +463,10 @@ def _prepare(plan: _Plan, world: int) -> tuple[MedNCAConfig, int, dict[str, list
                                   "run from its checkpoint")
         config, seed, split = run.config(), int(run.info()["seed"]), run.split()
     else:
-        config, seed = plan.config or MedNCAConfig.preset("hippocampus"), plan.seed
-        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())) and not plan.overwrite:
+        config, seed = plan.config or MedNCAConfig.preset("hippocampus"), check_seed(plan.seed)
+        if run.path.exists() and not run.path.is_dir():
+            raise OutputError(f"run folder {run.path} is a file; give --out a folder")
+        if run.path.exists() and any(run.path.iterdir()) and not plan.overwrite:
             raise OutputExistsError(f"run folder {run.path} already exists; pass --resume to continue it "
                                     "or --overwrite to start over")
         ids = [c.case_id for c in find_cases(plan.data_dir, config.channel)]
@@ -437,6 +474,23 @@ def _prepare(plan: _Plan, world: int) -> tuple[MedNCAConfig, int, dict[str, list
     if plan.epochs is not None:
         config = config.replace(epochs=plan.epochs)
     return config, seed, split
+
+
+def _split_cases(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str) -> list:
+    """The cases of ``data_dir`` with these ids; every one must be there."""
+    wanted = set(ids)
+    cases = [c for c in find_cases(data_dir, config.channel) if c.case_id in wanted]
+    missing = sorted(wanted - {c.case_id for c in cases})
+    if missing:
+        raise DataError(f"{len(missing)} {what} case(s) of the run are not in {data_dir}, e.g. {missing[0]}; "
+                        "give the task folder the run was made with")
+    return cases
+
+
+def _check_cases(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str) -> None:
+    """Read every case of a split part once, so a broken case stops training now, not at evaluate."""
+    for case in _split_cases(data_dir, config, ids, what):
+        read_case(case)
 
 
 def _write_or_read(plan: _Plan, config: MedNCAConfig, seed: int, split: dict[str, list[str]]) -> tuple | None:
@@ -509,11 +563,14 @@ def _progress_bar(n_batches: int, state: RunState, config: MedNCAConfig, enabled
                 desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch")
 
 
-def _append_log(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
+def _write_log_row(path: Path, row: dict) -> None:
+    """Add ``row`` to the log, replacing rows of its epoch and later ones (left by a partial epoch
+    or by an epoch end that a crash interrupted), atomically."""
+    rows = []
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit() and int(r["epoch"]) < row["epoch"]]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
+        writer.writeheader()
+        writer.writerows([*rows, row])
