@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from . import argtypes
 from .config import MODEL_TYPES, PRESETS, MedNCAConfig, parse_override
+from .data.cases import CHANNEL_FILES
 from .errors import MedNCAError
 from .fsutil import WRITE_ERRNOS
 from .experiments.bench.args import add_bench_arguments
@@ -28,6 +29,11 @@ EPILOG = "Run 'mednca COMMAND --help' for a command's options. Docs: README.md a
 def log(text: str) -> None:
     """A status line on standard output."""
     print(text, flush=True)
+
+
+def warn(text: str) -> None:
+    """A warning line on standard error."""
+    print(f"mednca: {text}", file=sys.stderr, flush=True)
 
 
 def case_progress(desc: str) -> Callable[[int, int, str], None]:
@@ -142,6 +148,10 @@ def add_predict(sub) -> None:
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the NCA's fire masks (default 0)")
     p.add_argument("--channel", type=int, help="modality of 4D images (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--channel-files", choices=CHANNEL_FILES, default="auto",
+                   help="a folder whose file names end in _XXXX: auto (default) reads them as one case's nnU-Net "
+                        "channel files only when a dataset.json here or one folder up declares channel_names, "
+                        "else each file as a scan; group or separate decide")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch (CKPT: checkpoint or run folder) or onnx (CKPT: a .onnx file from "
                         "'mednca export'; needs onnxruntime); default torch")
@@ -167,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # Launched by torchrun with N processes: each predicts every N-th case.
         written = predict_folder(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
                                  seed=args.seed, overwrite=args.overwrite, progress=case_progress("predict"),
-                                 shard=(env_rank(), env_world_size()))
+                                 shard=(env_rank(), env_world_size()), log=warn, channel_files=args.channel_files)
     elif source.is_file():
         written = predict_file(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
                                seed=args.seed, overwrite=args.overwrite)

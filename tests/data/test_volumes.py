@@ -124,3 +124,21 @@ def test_read_image_single_channel_4d_rejects_channel_1(tmp_path: Path, write_ni
     assert read_image(path, 0).data.shape == (4, 4, 2)
     with pytest.raises(DataError, match="channel 1 does not exist"):
         read_image(path, 1)
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), np.diag([1.0, 0.0, 1.0, 1.0]), np.diag([1.0, np.nan, 1.0, 1.0])])
+def test_a_volume_without_a_valid_affine_is_refused(tmp_path, affine):
+    """An all-zero affine made evaluate report HD95 0 mm and volumes 0 ml for masks that differ."""
+    import nibabel as nib
+
+    from mednca.data.volumes import read_image, read_label
+
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None)
+    img.header.set_sform(affine, code=1)  # the audit's header: sform in use, qform unset
+    img.header.set_qform(None, code=0)
+    path = tmp_path / "bad.nii.gz"
+    nib.save(img, str(path))
+    assert not np.allclose(nib.load(str(path)).affine, np.eye(4))
+    for read in (read_image, read_label):
+        with pytest.raises(DataError, match="no valid voxel-to-world matrix"):
+            read(path)

@@ -197,10 +197,76 @@ def test_predict_folder_task_with_ensemble(model: MedNCA, tmp_path: Path) -> Non
 def test_predict_folder_nnunet_channel(model: MedNCA, tmp_path: Path) -> None:
     for ch in (0, 1):
         write(tmp_path / "in" / f"p1_{ch:04d}.nii.gz", image(ch))
-    predict_folder(model, tmp_path / "in", tmp_path / "out", channel=1)
+    predict_folder(model, tmp_path / "in", tmp_path / "out", channel=1, channel_files="group")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["p1.nii.gz"]
     expected = predict_volume(model, image(1), 1, torch.Generator().manual_seed(0)).mask
     np.testing.assert_array_equal(load(tmp_path / "out" / "p1.nii.gz"), expected)
+
+
+def test_scans_named_like_channel_files_are_never_dropped(model: MedNCA, tmp_path: Path) -> None:
+    """The audit's case: scan_0000 .. scan_0002 are three scans, not three channels of one."""
+    for i in range(3):
+        write(tmp_path / "in" / f"scan_{i:04d}.nii.gz", image(i))
+    said: list[str] = []
+    written = predict_folder(model, tmp_path / "in", tmp_path / "out", log=said.append)
+    assert sorted(p.name for p in written) == ["scan_0000.nii.gz", "scan_0001.nii.gz", "scan_0002.nii.gz"]
+    assert len(said) == 1 and "each read as a scan of its own" in said[0] and "--channel-files group" in said[0]
+
+
+def test_a_dataset_json_declaring_channels_groups_them(model: MedNCA, tmp_path: Path) -> None:
+    task = tmp_path / "Dataset001"
+    for ch in (0, 1):
+        write(task / "imagesTs" / f"p1_{ch:04d}.nii.gz", image(ch))
+    (task / "dataset.json").write_text('{"channel_names": {"0": "T2", "1": "ADC"}, "file_ending": ".nii.gz"}')
+    said: list[str] = []
+    written = predict_folder(model, task / "imagesTs", tmp_path / "out", log=said.append)
+    assert [p.name for p in written] == ["p1.nii.gz"] and "channels of 1 case(s)" in said[0]
+    written = predict_folder(model, task / "imagesTs", tmp_path / "sep", channel_files="separate")
+    assert sorted(p.name for p in written) == ["p1_0000.nii.gz", "p1_0001.nii.gz"]
+
+
+def test_a_bad_scan_in_a_folder_is_reported_and_the_others_are_written(model: MedNCA, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    for i in range(3):
+        write(folder / f"case{i}.nii.gz", image(i))
+    (folder / "case1.nii.gz").write_bytes(b"not a NIfTI file")
+    said: list[str] = []
+    with pytest.raises(DataError, match=r"1 of 3 case\(s\) could not be predicted \(case1\); the other 2 were written"):
+        predict_folder(model, folder, tmp_path / "out", log=said.append)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case0.nii.gz", "case2.nii.gz"]
+    assert len(said) == 1 and said[0].startswith("case case1 failed: cannot read")
+
+
+def test_an_input_scan_is_never_overwritten(model: MedNCA, tmp_path: Path) -> None:
+    scan = write(tmp_path / "scan.nii.gz", image(0))
+    before = scan.read_bytes()
+    with pytest.raises(OutputExistsError, match="is the input scan"):
+        predict_file(model, scan, scan, overwrite=True)
+    with pytest.raises(OutputExistsError, match="is an input scan"):
+        predict_folder(model, tmp_path, tmp_path, overwrite=True)
+    assert scan.read_bytes() == before
+
+
+def test_predict_checks_the_output_can_be_written_before_predicting(model: MedNCA, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    from mednca.errors import OutputError
+    import mednca.pipeline.predict as predict_mod
+
+    scan = write(tmp_path / "scan.nii.gz", image(0))
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(predict_mod, "predict_case", lambda *a, **k: pytest.fail("predicted before the check"))
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        predict_file(model, scan, tmp_path / "afile" / "mask.nii.gz")
+    (tmp_path / "adir.nii.gz").mkdir()
+    with pytest.raises(OutputError, match="it is a folder"):
+        predict_file(model, scan, tmp_path / "adir.nii.gz", overwrite=True)
+
+
+def test_ensemble_is_bounded(model: MedNCA) -> None:
+    from mednca.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ensemble must be an integer from 1 to 64"):
+        predict_volume(model, image(0), 65)
 
 
 def test_predict_folder_shards_split_the_cases(model: MedNCA, tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ Junk files (``._*`` macOS forks, ``.DS_Store``, any hidden file) are ignored.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DataError
 
@@ -58,8 +60,47 @@ def nifti_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+#: How image files named ``{case}_{XXXX}`` are read: decided from the folder, grouped as channels
+#: of one case (nnU-Net), or each file a scan of its own.
+CHANNEL_FILES = ("auto", "group", "separate")
+
+
+def _group_channel_files(root: Path, image_dir: Path, image_files: dict[str, Path], labels: str | None,
+                         mode: str, log: Callable[[str], None] | None) -> bool:
+    """Whether the image files are nnU-Net channel files ``{case}_{XXXX}`` to group by case."""
+    if mode not in CHANNEL_FILES:
+        raise DataError(f"channel_files must be one of {', '.join(CHANNEL_FILES)}, got {mode!r}")
+    suffixed = all(_NNUNET_CHANNEL.match(stem) for stem in image_files)
+    if mode == "group" and not suffixed:
+        odd = next(stem for stem in image_files if not _NNUNET_CHANNEL.match(stem))
+        raise DataError(f"cannot group channel files: {odd} in {image_dir} does not end in _XXXX")
+    if mode != "auto" or not suffixed:
+        return mode == "group"
+    if labels is not None and (root / labels).is_dir():
+        # nnU-Net names labels by the case id without the channel suffix; MSD by the full stem.
+        return not set(image_files) <= set(nifti_files(root / labels))
+    declared = any(_declares_channels(folder / "dataset.json") for folder in (root, root.parent))
+    if log:
+        n_cases = len({_NNUNET_CHANNEL.match(stem)["case"] for stem in image_files})
+        log(f"{len(image_files)} files named CASE_XXXX in {image_dir}: " + (
+            f"read as the channels of {n_cases} case(s) (a dataset.json declares nnU-Net channel_names); "
+            "--channel-files separate reads each file as a scan" if declared else
+            "each read as a scan of its own (nothing declares nnU-Net channel files); "
+            "--channel-files group reads them as channels of one case"))
+    return declared
+
+
+def _declares_channels(path: Path) -> bool:
+    """A readable nnU-Net ``dataset.json`` with ``channel_names`` (v2) beside the images."""
+    try:
+        return isinstance(json.loads(path.read_text()).get("channel_names"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def find_cases(root: str | Path, channel: int = 0, *, images: str = "imagesTr",
-               labels: str | None = "labelsTr") -> list[Case]:
+               labels: str | None = "labelsTr", channel_files: str = "auto",
+               log: Callable[[str], None] | None = None) -> list[Case]:
     """List the cases of an MSD or nnU-Net raw dataset folder, sorted by case id.
 
     Args:
@@ -69,6 +110,11 @@ def find_cases(root: str | Path, channel: int = 0, *, images: str = "imagesTr",
             nnU-Net data.
         images: Name of the image sub-folder.
         labels: Name of the label sub-folder, or ``None`` for images without labels.
+        channel_files: ``"auto"``: names ending in ``_XXXX`` are channel files of one case only
+            when the folder says so (label files named by the case id, or a ``dataset.json``
+            here or one folder up declaring nnU-Net ``channel_names``); otherwise every file is
+            a scan of its own, so no scan is ever dropped. ``"group"`` / ``"separate"`` decide.
+        log: Where the decision goes when ``_XXXX`` names were seen.
 
     Raises:
         DataError: Missing folders, no cases, an image without a label, or a missing channel.
@@ -86,11 +132,7 @@ def find_cases(root: str | Path, channel: int = 0, *, images: str = "imagesTr",
     if not image_files:
         raise DataError(f"no NIfTI images (.nii.gz/.nii) found in {image_dir}")
 
-    nnunet = all(_NNUNET_CHANNEL.match(stem) for stem in image_files)
-    if nnunet and labels is not None and (root / labels).is_dir():
-        # nnU-Net names labels by the case id without the channel suffix; MSD by the full stem.
-        label_stems = set(nifti_files(root / labels))
-        nnunet = not set(image_files) <= label_stems
+    nnunet = _group_channel_files(root, image_dir, image_files, labels, channel_files, log)
     cases: dict[str, tuple[Path, int | None]] = {}
     if nnunet:
         by_case: dict[str, dict[int, Path]] = {}

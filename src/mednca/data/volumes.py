@@ -43,7 +43,18 @@ def _load(path: Path):
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"cannot read {path} as NIfTI ({type(exc).__name__}: {exc})") from exc
+    check_affine(img.affine, path)
     return img, data
+
+
+def check_affine(affine: np.ndarray, path: str | Path) -> None:
+    """Raise :class:`DataError` unless ``affine`` is a finite, invertible voxel-to-world matrix:
+    without one, voxel sizes (mm, ml) and the grid's placement are unknown."""
+    affine = np.asarray(affine, dtype=np.float64)
+    linear = affine[:3, :3] if affine.shape == (4, 4) else None
+    if linear is None or not np.isfinite(affine).all() or abs(np.linalg.det(linear)) < 1e-12:
+        raise DataError(f"{path} has no valid voxel-to-world matrix (its NIfTI affine is not finite or not "
+                        "invertible), so its voxel size is unknown; fix the header's qform/sform")
 
 
 def read_image(path: str | Path, channel: int | None = 0) -> Volume:

@@ -14,12 +14,13 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from ..data.cases import find_cases, strip_nifti
+from ..data.cases import find_cases, nifti_files, strip_nifti
 from ..data.slices import image_slices, to_volume
 from ..data.volumes import Volume, read_image
-from ..errors import DataError
+from ..errors import DataError, OutputExistsError
 from ..fsutil import atomic_path, check_output
-from ..config import MedNCAConfig
+from ..config import MedNCAConfig, check_ensemble
+from ..nn.unet import UNET_FEATURES
 from ..nn.base import SegmentationModel
 
 #: Per-slice model call: (N, 1, S, S) normalised slices -> (mean, std), two (N, 1, S, S)
@@ -55,6 +56,23 @@ class Prediction:
         return (self.probability > 0.5).astype(np.uint8)
 
 
+#: Memory one batch of slices may take at inference (estimated by :func:`slice_bytes`), in bytes.
+MEMORY_BUDGET = 2 << 30
+
+
+def slice_bytes(config: MedNCAConfig) -> int:
+    """Estimated working memory of one ``image_size``² slice at inference, in bytes: a Med-NCA
+    holds about 4 states of C channels plus the hidden layer per cell, a UNet about 8 maps of its
+    first level's width per pixel."""
+    per_pixel = 8 * UNET_FEATURES[config.model][0] if config.model in UNET_FEATURES else 4 * config.channels + config.hidden
+    return 4 * config.image_size ** 2 * per_pixel
+
+
+def batch_slices(config: MedNCAConfig, batch_size: int = 64) -> int:
+    """Slices per forward pass: at most ``batch_size``, and as many as fit :data:`MEMORY_BUDGET`."""
+    return max(1, min(batch_size, MEMORY_BUDGET // slice_bytes(config)))
+
+
 @torch.no_grad()
 def predict_volume(model: SegmentationModel, volume: np.ndarray, ensemble: int = 1,
                    generator: torch.Generator | None = None, batch_size: int = 64) -> Prediction:
@@ -65,8 +83,10 @@ def predict_volume(model: SegmentationModel, volume: np.ndarray, ensemble: int =
         volume: (X, Y, Z) image array (any intensity range; slices are normalised like in training).
         ensemble: Stochastic passes K to average.
         generator: Source of the fire masks (seed it for reproducible outputs).
-        batch_size: Slices per forward pass.
+        batch_size: Slices per forward pass at most (fewer when they would not fit
+            :data:`MEMORY_BUDGET`).
     """
+    check_ensemble(ensemble)
     model.eval()
     return predict_slices(lambda x: model.predict_proba(x, ensemble, generator), volume, model.config,
                           batch_size)
@@ -86,6 +106,7 @@ def predict_slices(infer: Infer, volume: np.ndarray, config: MedNCAConfig,
     if volume.ndim != 3:
         raise DataError(f"expected a 3D volume, got shape {volume.shape}")
     cfg = config
+    batch_size = batch_slices(cfg, batch_size)
     slices = image_slices(volume, cfg.axis, cfg.image_size, cfg.interpolation, cfg.normalization)  # (N, 1, S, S)
     means, stds = [], []
     for s in range(0, slices.shape[0], batch_size):
@@ -120,6 +141,7 @@ def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:
 
 def _predict(model: SegmentationModel | SliceRuntime, data: np.ndarray, ensemble: int, seed: int) -> Prediction:
     """One volume with a MedNCA (fire masks from a generator seeded ``seed``) or a runtime."""
+    check_ensemble(ensemble)
     if isinstance(model, torch.nn.Module):  # MedNCA or UNetBaseline
         return predict_volume(model, data, ensemble, torch.Generator().manual_seed(seed))
     return predict_slices(model.infer(ensemble, seed), data, model.config)
@@ -151,6 +173,8 @@ def predict_file(model: SegmentationModel | SliceRuntime, image: str | Path, out
     output = Path(output)
     if strip_nifti(output.name) is None:
         raise DataError(f"output {output} must end in .nii.gz or .nii")
+    if output.exists() and output.resolve() == Path(image).resolve():
+        raise OutputExistsError(f"{output} is the input scan; write the mask to another file")
     targets = [output] + ([_sidecar(output, "prob"), _sidecar(output, "std")] if ensemble > 1 else [])
     for t in targets:
         check_output(t, overwrite)
@@ -161,21 +185,33 @@ def predict_file(model: SegmentationModel | SliceRuntime, image: str | Path, out
 def predict_folder(model: SegmentationModel | SliceRuntime, folder: str | Path, out_dir: str | Path, *, channel: int | None = None,
                    ensemble: int = 1, seed: int = 0, overwrite: bool = False,
                    progress: Callable[[int, int, str], None] | None = None,
-                   shard: tuple[int, int] = (0, 1)) -> list[Path]:
+                   shard: tuple[int, int] = (0, 1), log: Callable[[str], None] | None = None,
+                   channel_files: str = "auto") -> list[Path]:
     """Predict every case of a folder of images (or of an MSD/nnU-Net task's ``imagesTr``).
 
     Masks go to ``out_dir/{case}.nii.gz``; with ``ensemble > 1`` the mean probability goes to
     ``out_dir/prob/`` and the standard deviation to ``out_dir/std/`` under the same name.
-    Existing outputs are refused (before anything is computed) unless ``overwrite``.
+    Existing outputs are refused (before anything is computed) unless ``overwrite``; an output
+    that would replace an input scan is always refused. A case that cannot be read is reported
+    (``log``) and skipped, and the others are predicted; then :class:`DataError` names them.
 
     Args:
         shard: ``(rank, world_size)``: predict only every world_size-th case starting at rank
             (how processes launched together split a large folder).
+        log: Where a line per failed case goes (and how ``_XXXX`` file names were read).
+        channel_files: How files named ``{case}_{XXXX}`` are read (see
+            :func:`mednca.data.cases.find_cases`): by default grouped as one case's channels only
+            when the folder declares nnU-Net channel files, so no scan is dropped.
+
+    Raises:
+        DataError: Some cases could not be predicted (all the others were written).
     """
     folder, out_dir = Path(folder), Path(out_dir)
     ch = model.config.channel if channel is None else channel
     rank, world = shard
-    cases = find_cases(folder, ch, labels=None)[rank::world]  # imagesTr/ if there is one, else the folder
+    cases = find_cases(folder, ch, labels=None, channel_files=channel_files, log=log)[rank::world]  # imagesTr/ if there is one, else the folder
+    image_dir = folder / "imagesTr" if (folder / "imagesTr").is_dir() else folder
+    inputs = {p.resolve() for p in nifti_files(image_dir).values()}
     plans = []
     for case in cases:
         mask_path = out_dir / f"{case.case_id}.nii.gz"
@@ -183,12 +219,24 @@ def predict_folder(model: SegmentationModel | SliceRuntime, folder: str | Path, 
         if ensemble > 1:
             targets += [out_dir / "prob" / mask_path.name, out_dir / "std" / mask_path.name]
         for t in targets:
+            if t.resolve() in inputs:
+                raise OutputExistsError(f"{t} is an input scan; write the masks to another folder")
             check_output(t, overwrite)
         plans.append((case, targets))
     written: list[Path] = []
+    failed: list[str] = []
     for i, (case, targets) in enumerate(plans):
-        predict_case(model, case.image, case.channel, targets, ensemble, seed)
-        written += targets
+        try:
+            predict_case(model, case.image, case.channel, targets, ensemble, seed)
+            written += targets
+        except DataError as exc:  # a bad scan: say so, go on with the others
+            failed.append(case.case_id)
+            if log:
+                log(f"case {case.case_id} failed: {exc}")
         if progress:
             progress(i + 1, len(plans), case.case_id)
+    if failed:
+        shown = ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
+        raise DataError(f"{len(failed)} of {len(plans)} case(s) could not be predicted ({shown}); "
+                        f"the other {len(plans) - len(failed)} were written to {out_dir}")
     return written
