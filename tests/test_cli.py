@@ -289,3 +289,118 @@ def test_network_commands_flush_denormals_and_light_ones_do_not(monkeypatch, tmp
     monkeypatch.undo()
     mednca.runtime.flush_denormals()
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0  # a denormal now reads as zero
+
+
+# -- the hostile-input audit: every case one line, exit 1 -------------------------------------------
+def _checkpoint_with(path: Path, config_text: str, tensors_from: Path) -> Path:
+    """A copy of a checkpoint whose header's config is replaced by ``config_text``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tensors_from), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**meta, "config": config_text})
+    return path
+
+
+@pytest.mark.parametrize("config_text, fragment", [
+    ("null", "expected a JSON object, got NoneType"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ("{not json", "the model's config is invalid"),
+    ('{"steps": 1000000000}', "steps must be an integer from 1 to 1024"),
+    ('{"channels": 30000}', "channels must be an integer from 2 to 256"),
+])
+def test_hostile_checkpoint_configs_are_refused_before_building(trained, tmp_path: Path, capsys, config_text, fragment):
+    _, run = trained
+    bad = _checkpoint_with(tmp_path / "bad.safetensors", config_text, run / "checkpoints" / "best.safetensors")
+    scan = sorted((trained[0] / "imagesTr").glob("*.nii.gz"))[0]
+    assert_error(capsys, main(["predict", str(bad), str(scan), "-o", str(tmp_path / "m.nii.gz")]), fragment)
+    assert_error(capsys, main(["info", str(bad)]), fragment)  # info no longer lists an invalid config
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_weights_that_do_not_fit_are_one_line(trained, tmp_path: Path, capsys):
+    _, run = trained
+    config = json.loads((run / "config.json").read_text())
+    config["hidden"] = 24  # the weights have hidden 16
+    bad = _checkpoint_with(tmp_path / "bad.safetensors", json.dumps(config), run / "checkpoints" / "best.safetensors")
+    assert main(["info", str(bad)]) == 0  # the header alone is valid ...
+    capsys.readouterr()
+    scan = sorted((trained[0] / "imagesTr").glob("*.nii.gz"))[0]
+    assert_error(capsys, main(["predict", str(bad), str(scan), "-o", str(tmp_path / "m.nii.gz")]),
+                 "weights do not fit the config")  # ... the 17-line state-dict mismatch is one line
+
+
+def test_audit_arguments_are_one_line_errors(trained, tmp_path: Path, capsys):
+    data, run = trained
+    base = ["train", "--data", str(data), *TINY]
+    assert_error(capsys, main([*base, "--out", str(tmp_path / "a"), "--set", "name=123"]), "name must be a string")
+    assert_error(capsys, main([*base, "--out", str(tmp_path / "b"), "--set", "channel=1.5"]), "channel must be an integer")
+    assert_error(capsys, main([*base, "--out", str(tmp_path / "c"), "--set", "channel=abc"]), "channel must be")
+    assert_error(capsys, main([*base, "--out", str(tmp_path / "d"), "--set", "grad_checkpoint=2"]), "grad_checkpoint")
+    (tmp_path / "file").write_text("not a folder")
+    assert_error(capsys, main([*base, "--out", str(tmp_path / "file"), "--overwrite"]), "is a file")
+    assert (tmp_path / "file").read_text() == "not a folder"
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error, exit 2, one line of reason
+        main([*base, "--out", str(tmp_path / "e"), "--seed", str(2 ** 70)])
+    assert exc.value.code == 2 and "must be an integer from 0 to 4294967295" in capsys.readouterr().err
+
+
+def test_a_corrupt_training_state_on_resume_is_one_line(trained, tmp_path: Path, capsys):
+    import shutil
+
+    data, run = trained
+    copy = shutil.copytree(run, tmp_path / "run")
+    state = copy / "checkpoints" / "last.state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    assert_error(capsys, main(["train", "--data", str(data), "--out", str(copy), "--resume", "--no-progress"]),
+                 "last.state.safetensors")
+
+
+def test_resume_with_other_data_is_refused(trained, tmp_path: Path, capsys):
+    import shutil
+
+    _, run = trained
+    copy = shutil.copytree(run, tmp_path / "run")
+    other = make_synthetic_dataset(tmp_path / "other", n_cases=3, shape=(20, 20, 6), seed=1)
+    for p in (other / "imagesTr").glob("*"):  # other case ids than the run's
+        p.rename(p.with_name("x" + p.name))
+    for p in (other / "labelsTr").glob("*"):
+        p.rename(p.with_name("x" + p.name))
+    before = (copy / "checkpoints" / "best.safetensors").read_bytes()
+    assert_error(capsys, main(["train", "--data", str(other), "--out", str(copy), "--resume", "--epochs", "2",
+                               "--no-progress"]), "of the run are not in")
+    assert (copy / "checkpoints" / "best.safetensors").read_bytes() == before
+
+
+def test_an_unwritable_output_fails_before_predicting(trained, tmp_path: Path, capsys):
+    data, run = trained
+    scan = sorted((data / "imagesTr").glob("*.nii.gz"))[0]
+    (tmp_path / "file").write_text("x")
+    assert_error(capsys, main(["predict", str(run), str(scan), "-o", str(tmp_path / "file" / "m.nii.gz")]),
+                 "is a file, not a folder")
+
+
+def test_a_full_disk_while_downloading_is_one_line(tmp_path: Path):
+    import resource
+    import sys
+
+    payload = np.random.default_rng(0).bytes(64 << 10)  # incompressible: the archive holds 64 KiB
+    archive = tmp_path / "Task99_Test.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("Task99_Test/dataset.json", "Task99_Test/imagesTr/a.nii.gz"):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, 32 << 10))
+
+    proc = subprocess.run([sys.executable, "-m", "mednca", "download", "Task99_Test", "--url", str(archive),
+                           "--md5", md5, "--dest", str(tmp_path / "dest")], capture_output=True, text=True,
+                          preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("mednca: error: ") and "File too large" in err and "\n" not in err

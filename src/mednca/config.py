@@ -186,7 +186,7 @@ class MedNCAConfig:
 
     # -- presets ---------------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "MedNCAConfig":
+    def preset(cls, name: str, /, **overrides: Any) -> "MedNCAConfig":
         """A named preset with optional field overrides, e.g. ``preset("hippocampus", steps=32)``.
 
         Raises:
@@ -211,6 +211,8 @@ class MedNCAConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MedNCAConfig":
         """Build from a dict; unknown keys raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of field names to values, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -230,8 +232,10 @@ class MedNCAConfig:
     def from_json(cls, path: str | Path) -> "MedNCAConfig":
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
 
 

@@ -215,3 +215,39 @@ def test_cli_export_torchscript(run: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "model.pt"
     assert main(["export", str(run[1]), "--format", "torchscript", "-o", str(out)]) == 0
     assert torch.jit.load(str(out))(torch.rand(1, 1, 16, 16)).shape == (1, 1, 16, 16)
+
+
+def test_every_export_uses_only_the_allowed_operators(model: MedNCA, tmp_path: Path) -> None:
+    import onnx
+
+    from mednca.edge.export import EXPORTED_OPS
+
+    for noise in (False, True):
+        for weights in ("fp32", "fp16", "int8"):
+            path = export_model(model, tmp_path / f"m-{noise}-{weights}.onnx", explicit_noise=noise, weights=weights)
+            assert {n.op_type for n in onnx.load(str(path)).graph.node} <= EXPORTED_OPS
+
+
+def test_a_hostile_onnx_graph_or_metadata_is_refused(onnx_path: Path, tmp_path: Path) -> None:
+    """A Loop could run unboundedly; malformed metadata was a traceback."""
+    import onnx
+    from onnx import helper
+
+    from mednca.errors import CheckpointError
+
+    proto = onnx.load(str(onnx_path))
+    proto.graph.node.append(helper.make_node("Loop", ["a", "b"], ["c"], body=helper.make_graph([], "g", [], [])))
+    looped = tmp_path / "loop.onnx"
+    looped.write_bytes(proto.SerializeToString())
+    with pytest.raises(CheckpointError, match="operators mednca never exports \\(Loop\\)"):
+        OnnxSegmenter(looped)
+    for text, fragment in (("{not json", "config is invalid"), ("[1]", "expected a JSON object"),
+                           ('{"steps": 1000000000}', "steps must be an integer from 1 to 1024")):
+        proto = onnx.load(str(onnx_path))
+        for prop in proto.metadata_props:
+            if prop.key == "mednca_config":
+                prop.value = text
+        bad = tmp_path / "meta.onnx"
+        bad.write_bytes(proto.SerializeToString())
+        with pytest.raises(CheckpointError, match=fragment):
+            OnnxSegmenter(bad)

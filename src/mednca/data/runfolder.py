@@ -77,16 +77,23 @@ class RunFolder:
     # -- readers -----------------------------------------------------------------------------
     def _json(self, path: Path) -> Any:
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
             raise DataError(f"cannot read {path} ({exc})") from exc
+        if not isinstance(data, dict):
+            raise DataError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        return data
 
     def config(self) -> MedNCAConfig:
         return MedNCAConfig.from_json(self.config_file)
 
     def split(self) -> dict[str, list[str]]:
         """The run's split, ``{"train": [...], "val": [...], "test": [...]}``."""
-        return self._json(self.split_file)
+        split = self._json(self.split_file)
+        for name, ids in split.items():
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise DataError(f"{self.split_file}: {name!r} must be a list of case ids")
+        return split
 
     def split_ids(self, name: str) -> list[str]:
         """The case ids of one part of the split."""
@@ -103,7 +110,12 @@ class RunFolder:
 
     def data_dir(self, override: str | Path | None = None) -> Path:
         """The task folder: ``override`` if given, else the one the run was trained on."""
-        return Path(override) if override else Path(self.info()["data"])
+        if override:
+            return Path(override)
+        data = self.info().get("data")
+        if not isinstance(data, str):
+            raise DataError(f"{self.info_file} does not name the task folder; pass it with --data")
+        return Path(data)
 
     def eval_results(self, split: str = "test") -> dict[str, Any]:
         """``eval_{split}.json``: ``cases``, ``summary``, ... (see :mod:`mednca.pipeline.evaluate`)."""

@@ -33,6 +33,11 @@ class Volume:
         return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))
 
 
+#: Most voxels (over all channels) of a NIfTI file mednca reads: 2^30, a 1024³ volume (4 GiB as
+#: float32). A header claiming more is refused before any data is read or decompressed.
+MAX_VOXELS = 1 << 30
+
+
 def _load(path: Path):
     import nibabel as nib
 
@@ -40,7 +45,13 @@ def _load(path: Path):
         raise DataError(f"file {path} does not exist")
     try:
         img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+            raise DataError(f"{path} claims {' x '.join(map(str, shape))} voxels, more than mednca reads "
+                            f"({MAX_VOXELS:,}); is the header right?")
         data = np.asanyarray(img.dataobj)
+    except DataError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise DataError(f"cannot read {path} as NIfTI ({type(exc).__name__}: {exc})") from exc
     check_affine(img.affine, path)

@@ -45,6 +45,11 @@ from .quantize import WEIGHT_PRECISIONS, quantize_onnx
 #: Export formats and their default file suffix.
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 #: Keys of the metadata written into exported files.
+#: Every ONNX operator :func:`export_model` writes (all weight precisions, with and without noise
+#: inputs). Graphs with others (e.g. ``Loop``, which could run unboundedly) are refused.
+EXPORTED_OPS = frozenset({"Add", "AveragePool", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv",
+                          "DequantizeLinear", "Equal", "Expand", "Gather", "Identity", "Less", "Mul", "Pad",
+                          "RandomUniformLike", "Relu", "Reshape", "Resize", "Shape", "Slice", "Transpose", "Where"})
 META_VERSION, META_CONFIG, META_NOISE, META_WEIGHTS = ("mednca_version", "mednca_config", "mednca_noise",
                                                        "mednca_weights")
 _INSTALL_HINT = 'pip install "mednca[export]"'
@@ -235,6 +240,10 @@ class OnnxSegmenter:
             proto = onnx.load(str(self.path))
         except Exception as exc:  # onnx raises DecodeError, ValueError, ... on a non-ONNX file
             raise CheckpointError(f"{self.path} is not a readable ONNX model ({exc})") from exc
+        unknown = sorted({node.op_type for node in proto.graph.node} - EXPORTED_OPS)
+        if unknown:
+            raise CheckpointError(f"{self.path} uses operators mednca never exports ({', '.join(unknown)}); "
+                                  "only models written by 'mednca export' are run")
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         if META_CONFIG not in self.metadata:
             raise CheckpointError(f"{self.path} is an ONNX model but was not exported by mednca (no config)")

@@ -461,7 +461,13 @@ def _prepare(plan: _Plan, world: int) -> tuple[MedNCAConfig, int, dict[str, list
             raise CheckpointError(f"{run.path} was trained with {saved} process(es) and resumes exactly only "
                                   f"with the same number (this is {world}); resume it {how}, or start a new "
                                   "run from its checkpoint")
-        config, seed, split = run.config(), int(run.info()["seed"]), run.split()
+        seed = run.info().get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise DataError(f"{run.info_file} has no integer seed; the run folder is damaged")
+        config, seed, split = run.config(), check_seed(seed), run.split()
+        for part in ("train", "val", "test"):
+            if part not in split:
+                raise DataError(f"{run.split_file} has no {part!r} list; the run folder is damaged")
     else:
         config, seed = plan.config or MedNCAConfig.preset("hippocampus"), check_seed(plan.seed)
         if run.path.exists() and not run.path.is_dir():
@@ -568,8 +574,11 @@ def _write_log_row(path: Path, row: dict) -> None:
     or by an epoch end that a crash interrupted), atomically."""
     rows = []
     if path.exists():
-        with path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit() and int(r["epoch"]) < row["epoch"]]
+        try:
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) < row["epoch"]]
+        except (OSError, ValueError, csv.Error) as exc:  # ValueError: not UTF-8
+            raise DataError(f"cannot read the run's log {path} ({exc}); move it away to start a new log") from exc
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         writer.writeheader()
