@@ -356,3 +356,30 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, synthetic
     train(synthetic_task, run, None, resume=True, epochs=2, **_quiet())
     assert _same(_weights(run), _weights(tmp_path / "straight"))
     assert _rows(run) == _rows(tmp_path / "straight")
+
+
+def test_a_failed_model_build_leaves_no_run_folder(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    from mednca.errors import ConfigError
+
+    def broken(config, generator=None):
+        raise ConfigError("cannot build this model")
+
+    monkeypatch.setattr(train_mod, "build_model", broken)
+    with pytest.raises(ConfigError, match="cannot build"):
+        train(synthetic_task, tmp_path / "run", tiny_config, **_quiet())
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_test_case_stops_training_before_it_starts(tmp_path, synthetic_task, tiny_config):
+    """A test case whose label does not match its image used to pass training and fail at evaluate."""
+    import nibabel as nib
+    import numpy as np
+
+    split = tmp_path / "split.json"
+    ids = [f"synth_{i:03d}" for i in range(6)]
+    split.write_text(json.dumps({"train": ids[:3], "val": ids[3:4], "test": ids[4:]}))
+    label = synthetic_task / "labelsTr" / "synth_005.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 5), np.uint8), np.eye(4)), str(label))
+    with pytest.raises(DataError, match="synth_005"):
+        train(synthetic_task, tmp_path / "run", tiny_config, split_file=split, **_quiet())
+    assert not (tmp_path / "run").exists()
