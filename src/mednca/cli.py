@@ -283,9 +283,17 @@ def cmd_info(args: argparse.Namespace) -> int:
             if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     log(f"checkpoint {path}\n  mednca {meta.get('mednca_version')}, format {meta.get('format')}, "
         f"{n:,} parameters" + (f", epoch {meta['epoch']}" if "epoch" in meta else "")
-        + (f", val Dice {meta['val_dice']}" if "val_dice" in meta else ""))
+        + (f", val Dice {_number(meta['val_dice'])}" if "val_dice" in meta else ""))
     log(json.dumps(config.to_dict(), indent=2))
     return 0
+
+
+def _number(text: str) -> str:
+    """A header value shown with 4 decimals if it is a number, as it is otherwise."""
+    try:
+        return f"{float(text):.4f}"
+    except ValueError:
+        return text
 
 
 def add_presets(sub) -> None:
