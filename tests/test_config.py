@@ -172,3 +172,12 @@ def test_default_config_is_custom_and_json_serialisable(tmp_path):
 def test_preset_name_is_not_compared():
     cfg = MedNCAConfig.preset("demo")
     assert cfg.replace(name="custom") == cfg
+
+
+def test_paper_prostate_is_the_authors_configuration():
+    """train_Med_NCA.ipynb: 32 channels, hidden 128, 64 steps per level, 256² slices with level 1
+    at 64², 64² patches, batch 20, Adam 1.6e-3 / (0.5, 0.5) x 0.9999, 0.5-99.5 percentile clip."""
+    c = MedNCAConfig.preset("paper-prostate")
+    assert (c.channels, c.hidden, c.steps, c.image_size // c.scale, c.image_size, c.patch_size) == (32, 128, 64, 64, 256, 64)
+    assert (c.batch_size, c.lr, c.betas, c.lr_gamma) == (20, 1.6e-3, (0.5, 0.5), 0.9999)
+    assert c.normalization == "robust" and c.fg_patch_prob == 0.0

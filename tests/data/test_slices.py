@@ -142,3 +142,22 @@ def test_image_slices_use_the_normalization():
     vol[0, 0, :] = 50.0
     assert image_slices(vol, 2, 16, "linear", "percentile")[:, 0, 4, 4].min() == 1.0
     assert image_slices(vol, 2, 16, "linear")[:, 0, 4, 4].max() < 0.1
+
+
+def test_robust_normalization_maps_the_middle_99_percent_to_unit_range():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, 20, 20, generator=g) * 100.0
+    images[0, 0, 0, 0] = 1e4  # one bright outlier (PROMISE12 has voxels at ~10x the 99th percentile)
+    images[0, 0, 0, 1] = -1e4
+    out = normalize(images, "robust")
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    flat = images.flatten(1)
+    lo, hi = torch.quantile(flat, 0.005, dim=1), torch.quantile(flat, 0.995, dim=1)
+    for i in range(3):
+        inside = (flat[i] > lo[i]) & (flat[i] < hi[i])
+        expected = (flat[i][inside] - lo[i]) / (hi[i] - lo[i])
+        assert torch.allclose(out[i].flatten()[inside], expected, atol=1e-6)
+    assert out[0, 0, 0, 0] == 1.0 and out[0, 0, 0, 1] == 0.0
+    # the tissue keeps most of the range instead of being squeezed into [0, 0.01] by the outlier
+    assert normalize(images, "minmax")[0].std() < 0.05 < out[0].std()
+    assert torch.equal(normalize(torch.full((2, 1, 4, 4), 3.0), "robust"), torch.zeros(2, 1, 4, 4))

@@ -19,6 +19,10 @@ _MODES = {"linear": "bilinear", "cubic": "bicubic"}
 
 #: Upper percentile of ``normalize(..., "percentile")``.
 UPPER_PERCENTILE = 99.0
+#: Percentiles mapped to 0 and 1 by ``normalize(..., "robust")``: the authors' prostate
+#: preprocessing (min-max, z-score, then [0, 1] clipped at the 0.5th / 99.5th percentiles, which
+#: is this affine map and clip).
+ROBUST_PERCENTILES = (0.5, 99.5)
 
 
 def normalize(images: Tensor, method: str = "minmax") -> Tensor:
@@ -28,6 +32,8 @@ def normalize(images: Tensor, method: str = "minmax") -> Tensor:
         images: (N, 1, H, W) slices.
         method: ``"minmax"``: minimum -> 0, maximum -> 1 (as the paper's code).
             ``"percentile"``: minimum -> 0, the 99th percentile -> 1, brighter pixels clipped to 1.
+            ``"robust"``: the 0.5th percentile -> 0, the 99.5th -> 1, clipped to [0, 1] (the
+            authors' prostate preprocessing).
 
     Constant slices become all zeros.
     """
@@ -37,11 +43,16 @@ def normalize(images: Tensor, method: str = "minmax") -> Tensor:
     if method == "percentile":
         upper = torch.quantile(flat, UPPER_PERCENTILE / 100, dim=1).view(-1, 1, 1, 1)
         hi = torch.where(upper > lo, upper, hi)  # mostly-constant slices keep their maximum
+    elif method == "robust":
+        q = torch.quantile(flat, torch.tensor(ROBUST_PERCENTILES) / 100, dim=1)  # (2, N)
+        lower, upper = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
+        keep = upper > lower  # mostly-constant slices keep their minimum and maximum
+        lo, hi = torch.where(keep, lower, lo), torch.where(keep, upper, hi)
     elif method != "minmax":
-        raise ValueError(f"unknown normalisation {method!r}; use 'minmax' or 'percentile'")
+        raise ValueError(f"unknown normalisation {method!r}; use 'minmax', 'percentile' or 'robust'")
     span = hi - lo
     out = torch.where(span > 0, (images - lo) / span.clamp_min(1e-12), torch.zeros_like(images))
-    return out.clamp_(0.0, 1.0) if method == "percentile" else out
+    return out if method == "minmax" else out.clamp_(0.0, 1.0)
 
 
 def image_slices(volume: np.ndarray, axis: int, size: int, interpolation: str = "cubic",
