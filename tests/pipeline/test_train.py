@@ -383,3 +383,38 @@ def test_a_broken_test_case_stops_training_before_it_starts(tmp_path, synthetic_
     with pytest.raises(DataError, match="synth_005"):
         train(synthetic_task, tmp_path / "run", tiny_config, split_file=split, **_quiet())
     assert not (tmp_path / "run").exists()
+
+
+def _scripted_validation(monkeypatch, script):
+    """Replace validation by ``script``: one (Dice, predicted foreground pixels) per epoch."""
+    results = iter(script)
+    monkeypatch.setattr(train_mod, "validate", lambda *args, **kwargs: next(results))
+
+
+def test_a_collapse_to_background_restarts_from_the_best_checkpoint(tmp_path, synthetic_task, tiny_config,
+                                                                    monkeypatch):
+    from mednca.checkpoint import TrainingState
+
+    said: list[str] = []
+    _scripted_validation(monkeypatch, [(0.5, 90), (0.6, 80), (0.0, 0), (0.0, 0), (0.0, 0)])
+    run = tmp_path / "run"
+    train(synthetic_task, run, tiny_config.replace(epochs=5, batches_per_epoch=1), progress=False, log=said.append)
+    collapse = [s for s in said if s.startswith("collapse:")]
+    assert len(collapse) == 1 and "val Dice 0.6000" in collapse[0] and "x0.5" in collapse[0]
+    best = load_file(str(run / "checkpoints" / "best.safetensors"))
+    assert _same(_weights(run), best)  # the last state is the best one again ...
+    counters = TrainingState(run / "checkpoints" / "last.state.safetensors").counters
+    assert (counters["lr_scale"], counters["collapses"], counters["empty_epochs"]) == (0.5, 1, 0)  # ... at half the lr
+
+
+def test_a_model_that_never_learns_is_warned_about_and_repeated_collapses_stop(tmp_path, synthetic_task,
+                                                                               tiny_config, monkeypatch):
+    said: list[str] = []
+    _scripted_validation(monkeypatch, [(0.0, 0)] * 10)
+    train(synthetic_task, tmp_path / "never", tiny_config.replace(epochs=10, batches_per_epoch=1),
+          progress=False, log=said.append)
+    assert sum("no foreground predicted on validation in 10 epochs" in s for s in said) == 1
+    assert not [s for s in said if s.startswith("collapse:")]  # nothing learned: nothing to go back to
+    _scripted_validation(monkeypatch, [(0.5, 9)] + [(0.0, 0)] * 12)
+    with pytest.raises(TrainingError, match="collapsed to predicting no foreground 4 times"):
+        train(synthetic_task, tmp_path / "again", tiny_config.replace(epochs=13, batches_per_epoch=1), **_quiet())

@@ -68,6 +68,13 @@ LOG_FIELDS = ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollb
 MAX_ROLLBACKS = 20
 #: Batches between the in-memory snapshots a non-finite loss rolls back to.
 SNAPSHOT_EVERY = 50
+#: Epochs without any predicted foreground on validation (while its labels have some) after
+#: which a model that had learned counts as collapsed, and restarts from its best checkpoint.
+COLLAPSE_EPOCHS = 3
+#: Restarts after a collapse before training gives up.
+MAX_COLLAPSES = 3
+#: Epochs without any predicted foreground after which a model that never learned is warned about.
+NO_START_EPOCHS = 10
 
 
 @dataclass
@@ -97,6 +104,8 @@ class RunState:
         epoch_loss_sum, epoch_losses, epoch_rollbacks: The current epoch's summed batch loss,
             its number of completed batches and its roll-backs, so that an epoch interrupted and
             resumed logs the same row as one that ran straight.
+        empty_epochs: Consecutive epochs without any foreground predicted on validation.
+        collapses: Restarts from the best checkpoint after a collapse to background.
     """
 
     epoch: int = 0
@@ -108,6 +117,8 @@ class RunState:
     epoch_loss_sum: float = 0.0
     epoch_losses: int = 0
     epoch_rollbacks: int = 0
+    empty_epochs: int = 0
+    collapses: int = 0
 
     @classmethod
     def from_dict(cls, data: dict, source: str | Path = "training state") -> "RunState":
@@ -125,15 +136,21 @@ class RunState:
         return cls(**values)
 
 
-@torch.no_grad()
 def validation_dice(model: SegmentationModel, data: SliceData, seed: int, batch_size: int = 64,
                     device: torch.device | None = None) -> float:
     """Mean per-case Dice (3D, on the resized slice grid) of hard predictions; nan if no data.
 
     ``device``: where the model lives, if not the CPU (batches are moved there).
     """
+    return validate(model, data, seed, batch_size, device)[0]
+
+
+@torch.no_grad()
+def validate(model: SegmentationModel, data: SliceData, seed: int, batch_size: int = 64,
+             device: torch.device | None = None) -> tuple[float, int]:
+    """(:func:`validation_dice`, the number of pixels predicted as foreground over all slices)."""
     if len(data) == 0:
-        return float("nan")
+        return float("nan"), 0
     model.eval()
     g = torch.Generator(device or "cpu").manual_seed(seed + 7919)
     preds = []
@@ -150,7 +167,7 @@ def validation_dice(model: SegmentationModel, data: SliceData, seed: int, batch_
         total = p.sum() + t.sum()
         scores.append(1.0 if total == 0 else float(2 * (p & t).sum() / total))
     model.train()
-    return float(sum(scores) / len(scores))
+    return float(sum(scores) / len(scores)), int(pred.sum())
 
 
 def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = None, *, seed: int = 0,
@@ -231,6 +248,7 @@ class Trainer:
         self.val_data = self._load(plan.data_dir, split["val"], "val")
         if len(self.train_data) == 0:
             raise DataError("the training split has no slices")
+        self.val_has_foreground = bool(self.val_data.foreground().any())
         if not bool(self.train_data.foreground().any()):
             raise DataError(f"no foreground in any training label under {plan.data_dir} "
                             f"(label={self.config.label}); check the label folder and --label")
@@ -393,8 +411,8 @@ class Trainer:
         if complete or state.epoch_losses:  # the same on every rank
             train_loss = D.all_reduce_mean(state.epoch_loss_sum / max(1, state.epoch_losses))
             # rank 0 validates while the others wait for its result
-            val = D.broadcast_object(validation_dice(self.model, self.val_data, self.seed, device=self.device)
-                                     if self.main else None)
+            val, predicted = D.broadcast_object(validate(self.model, self.val_data, self.seed, device=self.device)
+                                                if self.main else None)
             improved = val > state.best or (math.isnan(val) and complete)
             if improved:
                 state.best = val if not math.isnan(val) else state.best
@@ -409,11 +427,42 @@ class Trainer:
             self.log(f"epoch {row['epoch']}{'' if complete else ' (partial)'}: loss {row['train_loss']} "
                      f"val Dice {val:.4f}{' (best)' if improved else ''}  [{elapsed / 60:.1f} min]")
         if complete:
+            self._watch_collapse(predicted)
             state.epoch += 1
             state.batch_in_epoch = state.epoch_losses = state.epoch_rollbacks = 0
             state.epoch_loss_sum = 0.0
         state.elapsed_s = elapsed
         self._save_last()
+
+    def _watch_collapse(self, predicted: int) -> None:
+        """A model that had learned but now predicts no foreground on any validation slice (while
+        the labels have some) for :data:`COLLAPSE_EPOCHS` epochs has collapsed to "background
+        everywhere": it restarts from the best checkpoint with its learning rate halved."""
+        state = self.state
+        if predicted > 0 or not self.val_has_foreground:
+            state.empty_epochs = 0
+            return
+        state.empty_epochs += 1
+        if state.best <= 0:  # it never learned: say so once, nothing to go back to
+            if state.empty_epochs == NO_START_EPOCHS:
+                self.log(f"warning: no foreground predicted on validation in {NO_START_EPOCHS} epochs; "
+                         "the run may not learn (check the labels, the normalisation, the learning rate)")
+            return
+        if state.empty_epochs < COLLAPSE_EPOCHS:
+            return
+        state.collapses += 1
+        if state.collapses > MAX_COLLAPSES:
+            raise TrainingError(f"the model collapsed to predicting no foreground {MAX_COLLAPSES + 1} times; "
+                                "lower --set lr=... or change the recipe")
+        weights = D.on_main(lambda: read_model_file(self.run_folder.best)[1])
+        self.model.load_state_dict(weights)
+        self.optimizer.state.clear()  # Adam restarts its moments at the best weights
+        state.lr_scale *= 0.5
+        state.empty_epochs = 0
+        self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
+        self.log(f"collapse: no foreground predicted on validation for {COLLAPSE_EPOCHS} epochs while the labels "
+                 f"have it; restarted from the best checkpoint (val Dice {state.best:.4f}) with the learning "
+                 f"rate scaled to x{state.lr_scale:g}")
 
     def _save_last(self) -> None:
         """Write the training state (weights, optimiser, every rank's generator, counters) as one
