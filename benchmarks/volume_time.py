@@ -1,6 +1,6 @@
 """Time :func:`mednca.pipeline.predict.predict_volume` of a preset on a synthetic volume (no data needed).
 
-    python benchmarks/volume_time.py --preset prostate --slices 20 [--save-prob FILE.npy]
+    python benchmarks/volume_time.py --preset paper-prostate --set steps=16 --set normalization=minmax --slices 20 [--save-prob FILE.npy]
 
 Builds the preset's model with seeded random weights (the last layer too, so every step does its
 full work), makes a seeded uniform-noise volume of ``image_size`` x ``image_size`` x ``slices``
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mednca.runtime import flush_denormals
-from mednca.config import MedNCAConfig
+from mednca.config import MedNCAConfig, parse_override
 from mednca.runtime import retain_freed_memory
 from mednca.nn.model import MedNCA
 from mednca.pipeline.predict import predict_volume
@@ -27,14 +27,15 @@ from mednca.pipeline.predict import predict_volume
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="prostate")
+    parser.add_argument("--preset", default="paper-prostate")
     parser.add_argument("--slices", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--save-prob", help="write the probability map to this .npy file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = parser.parse_args()
     flush_denormals()
     retain_freed_memory()
-    cfg = MedNCAConfig.preset(args.preset)
+    cfg = MedNCAConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
     model = MedNCA(cfg, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         g = torch.Generator().manual_seed(1)

@@ -21,9 +21,9 @@ def test_presets_exist_with_paper_values():
     # the fast CPU recipe keeps the paper's model and data settings
     for field in ("channels", "hidden", "steps", "scale", "fire_rate", "image_size", "patch_size", "axis"):
         assert getattr(hip, field) == getattr(paper, field), field
-    assert MedNCAConfig.preset("prostate").grad_checkpoint
-    pro = MedNCAConfig.preset("prostate")
-    assert (pro.image_size, pro.patch_size, pro.scale, pro.channels) == (256, 64, 4, 32)
+    pro = MedNCAConfig.preset("prostate")  # the CPU recipe: 128² with level 1 at 32², 24 steps
+    assert (pro.image_size, pro.patch_size, pro.scale, pro.channels, pro.steps) == (128, 32, 4, 16, 24)
+    assert pro.normalization == "percentile"
     assert hip.name == "hippocampus" and pro.name == "prostate"
     demo = MedNCAConfig.preset("demo")
     assert demo.image_size % demo.scale == 0 and demo.patch_size <= demo.image_size

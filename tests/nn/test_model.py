@@ -175,6 +175,6 @@ def test_parameter_count_of_paper_32_channel_config():
     c, h = 32, 128
     per_level = 2 * (c * c * 9 + c) + (3 * c * h + h) + h * c
     assert per_level == 35_008
-    model = MedNCA(MedNCAConfig.preset("prostate"))
+    model = MedNCA(MedNCAConfig.preset("paper-prostate"))
     assert model.config.channels == c and model.config.hidden == h
     assert model.num_parameters() == 2 * per_level == 70_016

@@ -47,21 +47,18 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import TrainingState, read_model_file, save_training_state
-from ..config import MedNCAConfig, check_seed
-from ..data.cases import find_cases
+from ..checkpoint import read_model_file, save_training_state
+from ..config import MedNCAConfig
 from ..data.runfolder import RunFolder
 from ..data.slices import SliceData, load_slices
-from ..data.volumes import read_case
-from ..data.splits import load_split, make_split
 from ..fsutil import atomic_path
-from ..errors import CheckpointError, DataError, OutputError, OutputExistsError, TrainingError
+from ..errors import CheckpointError, DataError, TrainingError
 from ..nn.base import SegmentationModel
 from ..nn.build import build_model
-from ..version import __version__
 from . import distributed as D
 from .batches import epoch_order, lr_at, rank_seed, shard_order
 from .losses import dice_bce_loss
+from .setup import Plan, check_cases, prepare, split_cases, write_or_read
 
 LOG_FIELDS = ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollbacks", "elapsed_s")
 #: Roll-backs after a non-finite loss before training gives up.
@@ -202,28 +199,14 @@ def train(data_dir: str | Path, out: str | Path, config: MedNCAConfig | None = N
         info = D.init_from_env()
     finished = False
     try:
-        plan = _Plan(Path(data_dir), RunFolder(out), config, seed, Path(split_file) if split_file else None,
-                     epochs, resume, overwrite)
+        plan = Plan(Path(data_dir), RunFolder(out), config, seed, Path(split_file) if split_file else None,
+                    epochs, resume, overwrite)
         result = Trainer(plan, info, progress, log).run(max_minutes)
         finished = True
         return result
     finally:
         if joined:
             D.cleanup(synchronize=finished)
-
-
-@dataclass
-class _Plan:
-    """What ``train`` was asked to do, before anything is read or written."""
-
-    data_dir: Path
-    run: RunFolder
-    config: MedNCAConfig | None
-    seed: int
-    split_file: Path | None
-    epochs: int | None
-    resume: bool
-    overwrite: bool
 
 
 class Trainer:
@@ -235,7 +218,7 @@ class Trainer:
     special case for it. Only rank 0 (``self.main``) writes files and logs.
     """
 
-    def __init__(self, plan: _Plan, info: D.DistInfo | None, progress: bool, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: Plan, info: D.DistInfo | None, progress: bool, log: Callable[[str], None]) -> None:
         self.info = info
         self.rank, self.world = (info.rank, info.world_size) if info else (0, 1)
         self.main = self.rank == 0
@@ -243,7 +226,7 @@ class Trainer:
         self.log = log if self.main else (lambda text: None)
         self.progress = progress and self.main
         self.run_folder = plan.run
-        self.config, self.seed, split = D.on_main(lambda: _prepare(plan, self.world))
+        self.config, self.seed, split = D.on_main(lambda: prepare(plan, self.world))
         self.train_data = self._load(plan.data_dir, split["train"], "train")
         self.val_data = self._load(plan.data_dir, split["val"], "val")
         if len(self.train_data) == 0:
@@ -252,10 +235,10 @@ class Trainer:
         if not bool(self.train_data.foreground().any()):
             raise DataError(f"no foreground in any training label under {plan.data_dir} "
                             f"(label={self.config.label}); check the label folder and --label")
-        D.on_main(lambda: _check_cases(plan.data_dir, self.config, split["test"], "test"))
+        D.on_main(lambda: check_cases(plan.data_dir, self.config, split["test"], "test"))
         self._build()
         # Only now that the data is known to be usable and the model built is anything written.
-        resumed = D.on_main(lambda: _write_or_read(plan, self.config, self.seed, split))
+        resumed = D.on_main(lambda: write_or_read(plan, self.config, self.seed, split))
         if resumed is not None:
             self._restore(*resumed)
         shape = (f"{self.config.channels} channels, {self.config.steps} steps/level"
@@ -264,7 +247,7 @@ class Trainer:
         self._wrap()
 
     def _load(self, data_dir: Path, ids: list[str], what: str) -> SliceData:
-        cases = _split_cases(data_dir, self.config, ids, what)
+        cases = split_cases(data_dir, self.config, ids, what)
         t0 = time.perf_counter()
         data = load_slices(cases, self.config)
         self.log(f"loaded {what}: {len(cases)} cases, {len(data)} slices ({time.perf_counter() - t0:.1f} s)")
@@ -495,76 +478,6 @@ class Trainer:
 
 class _AgreedStop(Exception):
     """All ranks agreed to stop at this batch boundary (a SIGINT/SIGTERM arrived)."""
-
-
-# -- set-up (run on rank 0, results handed to every rank) -----------------------------------------
-def _prepare(plan: _Plan, world: int) -> tuple[MedNCAConfig, int, dict[str, list[str]]]:
-    """(config, seed, split) of the run: the saved ones on resume, else the given ones."""
-    run = plan.run
-    if plan.resume:
-        if not run.last_state.is_file() or not run.config_file.is_file():
-            raise CheckpointError(f"{run.path} has no checkpoint to resume from (expected {run.last_state})")
-        saved = TrainingState(run.last_state).world_size
-        if saved != world:
-            how = "without --distributed" if saved == 1 else f"with --distributed in {saved} processes"
-            raise CheckpointError(f"{run.path} was trained with {saved} process(es) and resumes exactly only "
-                                  f"with the same number (this is {world}); resume it {how}, or start a new "
-                                  "run from its checkpoint")
-        seed = run.info().get("seed")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise DataError(f"{run.info_file} has no integer seed; the run folder is damaged")
-        config, seed, split = run.config(), check_seed(seed), run.split()
-        for part in ("train", "val", "test"):
-            if part not in split:
-                raise DataError(f"{run.split_file} has no {part!r} list; the run folder is damaged")
-    else:
-        config, seed = plan.config or MedNCAConfig.preset("hippocampus"), check_seed(plan.seed)
-        if run.path.exists() and not run.path.is_dir():
-            raise OutputError(f"run folder {run.path} is a file; give --out a folder")
-        if run.path.exists() and any(run.path.iterdir()) and not plan.overwrite:
-            raise OutputExistsError(f"run folder {run.path} already exists; pass --resume to continue it "
-                                    "or --overwrite to start over")
-        ids = [c.case_id for c in find_cases(plan.data_dir, config.channel)]
-        split = load_split(plan.split_file, ids, seed) if plan.split_file else make_split(ids, seed)
-    if plan.epochs is not None:
-        config = config.replace(epochs=plan.epochs)
-    return config, seed, split
-
-
-def _split_cases(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str) -> list:
-    """The cases of ``data_dir`` with these ids; every one must be there."""
-    wanted = set(ids)
-    cases = [c for c in find_cases(data_dir, config.channel) if c.case_id in wanted]
-    missing = sorted(wanted - {c.case_id for c in cases})
-    if missing:
-        raise DataError(f"{len(missing)} {what} case(s) of the run are not in {data_dir}, e.g. {missing[0]}; "
-                        "give the task folder the run was made with")
-    return cases
-
-
-def _check_cases(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str) -> None:
-    """Read every case of a split part once, so a broken case stops training now, not at evaluate."""
-    for case in _split_cases(data_dir, config, ids, what):
-        read_case(case)
-
-
-def _write_or_read(plan: _Plan, config: MedNCAConfig, seed: int, split: dict[str, list[str]]) -> tuple | None:
-    """A new run: create the run folder. A resumed one: (weights, optimiser state, counters,
-    per-rank generator states) from its training state, all on the CPU."""
-    run = plan.run
-    if not plan.resume:
-        info = {"data": str(plan.data_dir.resolve()), "seed": seed, "mednca_version": __version__,
-                "split_file": str(plan.split_file) if plan.split_file else None,
-                "torch_version": torch.__version__}
-        run.create(config, split, info)
-        return None
-    if plan.epochs is not None:
-        run.write_config(config)
-    state = TrainingState(run.last_state)
-    weights = state.model_state
-    if weights is None:  # a state written before it held the weights
-        weights = read_model_file(run.last)[1]
-    return weights, state.optimizer_state, state.counters, state.generator_states
 
 
 # -- small pieces ---------------------------------------------------------------------------------

@@ -139,7 +139,9 @@ class _Sizes(NamedTuple):
                            patch_size=self.hp, **kw)
 
     def prostate(self, **kw: Any) -> MedNCAConfig:
-        return self.config("prostate", channels=self.c32, steps=self.steps, image_size=self.prost,
+        """The paper's prostate model (32 channels, hidden 128, 256² slices, 64² patches,
+        gradient checkpointing unless a case turns it off)."""
+        return self.config("paper-prostate", channels=self.c32, steps=self.steps, image_size=self.prost,
                            patch_size=self.pp, **kw)
 
 
