@@ -1,7 +1,7 @@
 """Train a preset on a shared data split on this CPU; report test Dice and wall time.
 
     python benchmarks/train_benchmark.py --task hippocampus --eval-at 10 30 --seed 0
-    python benchmarks/train_benchmark.py --task prostate --seed 0          # evaluates at 20 and 60 minutes
+    python benchmarks/train_benchmark.py --task prostate --seed 0   # evaluates at 20 and 60 minutes
 
 Reads ../shared/data in place (never copies it). The run goes to
 benchmarks/out/<task>-<preset>-s<seed>[-tag]/. With ``--eval-at 10 30`` the run trains to
