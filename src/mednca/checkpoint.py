@@ -110,7 +110,7 @@ def read_model_file(path: str | Path) -> tuple[MedNCAConfig, dict[str, torch.Ten
 
 def save_training_state(path: str | Path, model_state: dict[str, torch.Tensor],
                         optimizer: torch.optim.Optimizer, generator_states: list[torch.Tensor],
-                        counters: dict[str, Any]) -> Path:
+                        counters: dict[str, Any], ema_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomically write everything ``--resume`` needs into one file.
 
     Args:
@@ -120,6 +120,7 @@ def save_training_state(path: str | Path, model_state: dict[str, torch.Tensor],
         generator_states: One random generator state per process, rank 0 first (``generator``,
             then ``generator.rank<r>``); the header's ``world_size`` says how many.
         counters: The training loop's JSON counters (header ``state``).
+        ema_state: The averaged weights of a run with ``ema`` (stored as ``ema.<name>``).
     """
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"generator": generator_states[0]}
@@ -128,6 +129,7 @@ def save_training_state(path: str | Path, model_state: dict[str, torch.Tensor],
         for key, value in per_param.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
     tensors.update({f"model.{k}": v for k, v in model_state.items()})
+    tensors.update({f"ema.{k}": v for k, v in (ema_state or {}).items()})
     header = {"kind": STATE_KIND, "format": str(CHECKPOINT_FORMAT), "param_groups": json.dumps(opt["param_groups"]),
               "state": json.dumps(counters), "world_size": str(len(generator_states))}
     return _write(Path(path), _cpu(tensors), header)
@@ -143,6 +145,7 @@ class TrainingState:
         model_state: The model's weights, or None in a state written before weights were kept
             in it (the run's ``last.safetensors`` holds them then).
         optimizer_state: A state dict for ``torch.optim.Optimizer.load_state_dict``.
+        ema_state: The averaged weights (None for a run without ``ema``).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -160,11 +163,15 @@ class TrainingState:
             raise CheckpointError(f"{path} is a damaged training state ({type(exc).__name__}: {exc})") from exc
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         model: dict[str, torch.Tensor] = {}
+        ema: dict[str, torch.Tensor] = {}
         for name, value in tensors.items():
             if name.startswith("optim."):
                 _, idx, key = name.split(".", 2)
                 per_param.setdefault(int(idx), {})[key] = value
             elif name.startswith("model."):
                 model[name[len("model."):]] = value
+            elif name.startswith("ema."):
+                ema[name[len("ema."):]] = value
         self.model_state = model or None
+        self.ema_state = ema or None
         self.optimizer_state = {"state": per_param, "param_groups": groups}

@@ -34,6 +34,7 @@ INT_RANGES: dict[str, tuple[int, int | None]] = {
 FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "fire_rate": (0.0, 1.0, False), "lr": (0.0, None, True), "lr_gamma": (0.0, 1.0, True),
     "fg_patch_prob": (0.0, 1.0, False), "empty_slice_prob": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
+    "ema": (0.0, 1.0, False), "augment": (0.0, 1.0, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
                                        "model": MODEL_TYPES}
@@ -111,6 +112,15 @@ class MedNCAConfig:
             with foreground when sampling a batch (1 = sample all slices uniformly).
         grad_clip: Max global gradient norm (0 = no clipping).
         val_ensemble: Stochastic passes averaged when computing validation Dice.
+        ema: Decay per batch of an exponential moving average of the weights (0 = off, as the
+            paper). When on, validation and the saved checkpoints use the averaged weights
+            (see :mod:`mednca.pipeline.ema`).
+        augment: Probability that a training slice is randomly flipped, rotated, scaled and
+            gamma-changed (0 = never, as the paper; see :mod:`mednca.pipeline.augment`).
+
+    Post-processing:
+        largest_component: Keep only the largest 3D connected component of a predicted mask
+            (for organs that are one piece, such as the prostate; off by default).
 
     name: The preset this config came from ("custom" otherwise); informative only.
     """
@@ -143,6 +153,9 @@ class MedNCAConfig:
     empty_slice_prob: float = 1.0
     grad_clip: float = 0.0
     val_ensemble: int = 1
+    ema: float = 0.0
+    augment: float = 0.0
+    largest_component: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -153,8 +166,11 @@ class MedNCAConfig:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
-        if not isinstance(self.grad_checkpoint, bool):
-            raise ConfigError(f"grad_checkpoint must be true or false, got {self.grad_checkpoint!r}")
+        for name in ("grad_checkpoint", "largest_component"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.ema >= 1.0:
+            raise ConfigError(f"ema must be 0 (off) or a decay in (0, 1), got {self.ema!r}")
         if not isinstance(self.name, str):
             raise ConfigError(f"name must be a string, got {self.name!r}")
         if self.label is not None:

@@ -289,3 +289,21 @@ def test_predict_folder_checks_all_outputs_first(model: MedNCA, tmp_path: Path) 
     with pytest.raises(OutputExistsError):
         predict_folder(model, folder, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case2.nii.gz"]
+
+
+def test_largest_component_keeps_the_biggest_blob():
+    import numpy as np
+
+    from mednca.pipeline.predict import Prediction, largest_component
+
+    prob = np.zeros((12, 12, 6), np.float32)
+    prob[1:6, 1:6, 1:4] = 0.9  # 75 voxels
+    prob[8:10, 8:10, 2:4] = 0.8  # 8 voxels, apart
+    prob[6, 6, 4] = 0.7  # touches the big one only diagonally (26-connected)
+    raw = Prediction(prob, np.zeros_like(prob))
+    kept = Prediction(prob, np.zeros_like(prob), largest_component=True)
+    assert raw.mask.sum() == 84
+    assert kept.mask.sum() == 76 and kept.mask[6, 6, 4] == 1 and kept.mask[8, 8, 2] == 0
+    assert kept.mask.dtype == np.uint8
+    empty = np.zeros((4, 4, 4), np.uint8)
+    assert largest_component(empty).sum() == 0

@@ -45,15 +45,32 @@ class Prediction:
     Attributes:
         probability: (X, Y, Z) mean foreground probability in [0, 1].
         std: (X, Y, Z) per-voxel standard deviation over the ensemble passes (zeros for K=1).
+        largest_component: Whether :attr:`mask` keeps only the largest connected component
+            (the model's ``largest_component`` setting).
     """
 
     probability: np.ndarray
     std: np.ndarray
+    largest_component: bool = False
 
     @property
     def mask(self) -> np.ndarray:
-        """(X, Y, Z) uint8 binary mask: probability > 0.5."""
-        return (self.probability > 0.5).astype(np.uint8)
+        """(X, Y, Z) uint8 binary mask: probability > 0.5 (only its largest 3D connected
+        component with :attr:`largest_component`)."""
+        mask = (self.probability > 0.5).astype(np.uint8)
+        return largest_component(mask) if self.largest_component else mask
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component (26-connectivity in 3D) of a binary mask, same dtype;
+    an empty mask stays empty."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask > 0, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return (labels == 1 + int(np.argmax(sizes))).astype(mask.dtype)
 
 
 #: Memory one batch of slices may take at inference (estimated by :func:`slice_bytes`), in bytes.
@@ -115,7 +132,7 @@ def predict_slices(infer: Infer, volume: np.ndarray, config: MedNCAConfig,
         stds.append(std)
     prob = to_volume(torch.cat(means), volume.shape, cfg.axis).clip(0.0, 1.0)
     std = to_volume(torch.cat(stds), volume.shape, cfg.axis).clip(0.0, None)
-    return Prediction(prob.astype(np.float32), std.astype(np.float32))
+    return Prediction(prob.astype(np.float32), std.astype(np.float32), cfg.largest_component)
 
 
 def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:

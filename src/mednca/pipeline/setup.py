@@ -85,7 +85,7 @@ def check_cases(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str)
 
 def write_or_read(plan: Plan, config: MedNCAConfig, seed: int, split: dict[str, list[str]]) -> tuple | None:
     """A new run: create the run folder. A resumed one: (weights, optimiser state, counters,
-    per-rank generator states) from its training state, all on the CPU."""
+    per-rank generator states, averaged weights or None) from its training state, on the CPU."""
     run = plan.run
     if not plan.resume:
         info = {"data": str(plan.data_dir.resolve()), "seed": seed, "mednca_version": __version__,
@@ -99,4 +99,4 @@ def write_or_read(plan: Plan, config: MedNCAConfig, seed: int, split: dict[str, 
     weights = state.model_state
     if weights is None:  # a state written before it held the weights
         weights = read_model_file(run.last)[1]
-    return weights, state.optimizer_state, state.counters, state.generator_states
+    return weights, state.optimizer_state, state.counters, state.generator_states, state.ema_state

@@ -33,6 +33,7 @@ Every file is written atomically, so killing a run never loses what was already 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -56,7 +57,9 @@ from ..errors import CheckpointError, DataError, TrainingError
 from ..nn.base import SegmentationModel
 from ..nn.build import build_model
 from . import distributed as D
+from .augment import augment_batch
 from .batches import epoch_order, lr_at, rank_seed, shard_order
+from .ema import WeightAverage
 from .losses import dice_bce_loss
 from .setup import Plan, check_cases, prepare, split_cases, write_or_read
 
@@ -261,22 +264,29 @@ class Trainer:
             self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.betas)
         self.generator = torch.Generator(self.device or "cpu").manual_seed(rank_seed(self.seed, self.rank))
+        self.ema = WeightAverage(self.model, config.ema) if config.ema > 0 else None
         self.state = RunState()
 
-    def _restore(self, weights: dict, optimizer_state: dict, counters: dict, generator_states: list) -> None:
+    def _restore(self, weights: dict, optimizer_state: dict, counters: dict, generator_states: list,
+                 ema_state: dict | None) -> None:
         """Everything as saved in the run's training state."""
         source = self.run_folder.last_state
         try:
             self.model.load_state_dict(weights)
             self.optimizer.load_state_dict(optimizer_state)
             self.generator.set_state(generator_states[self.rank])
+            if self.ema is not None:
+                if ema_state is None:
+                    raise KeyError("the state has no averaged weights (ema)")
+                self.ema.load_state_dict(ema_state)
         except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{source} does not fit the run's model and optimiser ({first}); "
                                   "start a new run, or resume from an intact copy") from exc
         self.state = RunState.from_dict(counters, source)
         if self.main:  # a crash after the state's commit may have left an older last.safetensors
-            self.model.save(self.run_folder.last, epoch=str(self.state.epoch))
+            with self._averaged() as model:
+                model.save(self.run_folder.last, epoch=str(self.state.epoch))
         self.log(f"resuming {self.run_folder.path} at epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}")
 
     def _wrap(self) -> None:
@@ -298,7 +308,7 @@ class Trainer:
         budget_s = max_minutes * 60.0 if max_minutes is not None else math.inf
         self.base_elapsed = state.elapsed_s  # training time of earlier sessions of this run
         self.t_start = time.perf_counter()
-        self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
+        self.snapshot = _Snapshot(self.model, self.optimizer, state.step, self.ema)
         self.rollbacks_total = 0
         stopped_early = False
         stop = _StopRequest()
@@ -331,6 +341,8 @@ class Trainer:
         if stopped_early:
             self.log(f"time budget of {max_minutes:g} min reached; checkpoints saved in "
                      f"{self.run_folder.checkpoints}")
+        if self.ema is not None:  # the model to use is the averaged one
+            self.model.load_state_dict({**self.model.state_dict(), **self.ema.state_dict()})
         return TrainResult(self.run_folder.path, state.epoch, state.step, state.best, state.elapsed_s,
                            stopped_early, self.model.eval())
 
@@ -344,6 +356,7 @@ class Trainer:
         images, labels = self.train_data.images[idx], self.train_data.labels[idx]
         if self.device is not None:
             images, labels = images.to(self.device), labels.to(self.device)
+        images, labels = augment_batch(images, labels, config.augment, self.generator)
         logits, target = self.net(images, labels, generator=self.generator)
         loss = dice_bce_loss(logits, target)
         self.optimizer.zero_grad(set_to_none=True)
@@ -362,8 +375,10 @@ class Trainer:
             self._roll_back()
             return
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(state.step - 1)
         if state.step % SNAPSHOT_EVERY == 0:
-            self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
+            self.snapshot = _Snapshot(self.model, self.optimizer, state.step, self.ema)
         value = loss.item()
         state.epoch_loss_sum += value
         state.epoch_losses += 1
@@ -377,7 +392,7 @@ class Trainer:
         if self.rollbacks_total > MAX_ROLLBACKS:
             raise TrainingError(f"the loss stayed non-finite after {MAX_ROLLBACKS} roll-backs; "
                                 "lower --set lr=... or set grad_clip")
-        self.snapshot.restore(self.model, self.optimizer)
+        self.snapshot.restore(self.model, self.optimizer, self.ema)
         self.state.lr_scale *= 0.5
         text = (f"non-finite loss at batch {self.state.step - 1}: rolled back to batch {self.snapshot.step}, "
                 f"learning rate scaled to x{self.state.lr_scale:g}")
@@ -393,14 +408,15 @@ class Trainer:
         elapsed = self.base_elapsed + time.perf_counter() - self.t_start
         if complete or state.epoch_losses:  # the same on every rank
             train_loss = D.all_reduce_mean(state.epoch_loss_sum / max(1, state.epoch_losses))
-            # rank 0 validates while the others wait for its result
-            val, predicted = D.broadcast_object(validate(self.model, self.val_data, self.seed, device=self.device)
-                                                if self.main else None)
-            improved = val > state.best or (math.isnan(val) and complete)
-            if improved:
-                state.best = val if not math.isnan(val) else state.best
-                if self.main:
-                    self.model.save(self.run_folder.best, epoch=str(state.epoch + 1), val_dice=f"{val:.6f}")
+            # rank 0 validates (the averaged weights, with ema) while the others wait for its result
+            with self._averaged() as model:
+                val, predicted = D.broadcast_object(validate(model, self.val_data, self.seed, device=self.device)
+                                                    if self.main else None)
+                improved = val > state.best or (math.isnan(val) and complete)
+                if improved:
+                    state.best = val if not math.isnan(val) else state.best
+                    if self.main:
+                        model.save(self.run_folder.best, epoch=str(state.epoch + 1), val_dice=f"{val:.6f}")
             lr_now = lr_at(self.config, state.step) * state.lr_scale
             row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{lr_now:.6g}",
                    "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}", "best": int(improved),
@@ -439,10 +455,12 @@ class Trainer:
                                 "lower --set lr=... or change the recipe")
         weights = D.on_main(lambda: read_model_file(self.run_folder.best)[1])
         self.model.load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.reset()
         self.optimizer.state.clear()  # Adam restarts its moments at the best weights
         state.lr_scale *= 0.5
         state.empty_epochs = 0
-        self.snapshot = _Snapshot(self.model, self.optimizer, state.step)
+        self.snapshot = _Snapshot(self.model, self.optimizer, state.step, self.ema)
         self.log(f"collapse: no foreground predicted on validation for {COLLAPSE_EPOCHS} epochs while the labels "
                  f"have it; restarted from the best checkpoint (val Dice {state.best:.4f}) with the learning "
                  f"rate scaled to x{state.lr_scale:g}")
@@ -453,8 +471,15 @@ class Trainer:
         states = D.all_gather_object(self.generator.get_state().cpu())
         if self.main:
             save_training_state(self.run_folder.last_state, self.model.state_dict(), self.optimizer,
-                                states, dataclasses.asdict(self.state))
-            self.model.save(self.run_folder.last, epoch=str(self.state.epoch))
+                                states, dataclasses.asdict(self.state),
+                                self.ema.state_dict() if self.ema is not None else None)
+            with self._averaged() as model:
+                model.save(self.run_folder.last, epoch=str(self.state.epoch))
+
+    def _averaged(self) -> contextlib.AbstractContextManager[SegmentationModel]:
+        """A block in which the model holds the weights to validate and save: the averaged ones
+        with ``ema``, else its own."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext(self.model)
 
     def _interrupted(self, agreed: bool) -> None:
         self._close_bar()
@@ -482,18 +507,24 @@ class _AgreedStop(Exception):
 
 # -- small pieces ---------------------------------------------------------------------------------
 class _Snapshot:
-    """An in-memory copy of model and optimiser state to roll back to after a non-finite loss."""
+    """An in-memory copy of model, optimiser and weight-average state to roll back to after a
+    non-finite loss."""
 
-    def __init__(self, model: SegmentationModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def __init__(self, model: SegmentationModel, optimizer: torch.optim.Optimizer, step: int,
+                 ema: WeightAverage | None = None) -> None:
         self.step = step
+        self.ema = ema.state_dict() if ema is not None else None
         self.model = {k: v.clone() for k, v in model.state_dict().items()}
         opt = optimizer.state_dict()
         self.opt_state = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
                           for i, s in opt["state"].items()}
         self.opt_groups = json.loads(json.dumps(opt["param_groups"]))
 
-    def restore(self, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None:
+    def restore(self, model: SegmentationModel, optimizer: torch.optim.Optimizer,
+                ema: WeightAverage | None = None) -> None:
         model.load_state_dict(self.model)
+        if ema is not None and self.ema is not None:
+            ema.load_state_dict(self.ema)
         optimizer.load_state_dict({"state": {i: {k: (v.clone() if torch.is_tensor(v) else v)
                                                  for k, v in s.items()} for i, s in self.opt_state.items()},
                                    "param_groups": json.loads(json.dumps(self.opt_groups))})

@@ -1,0 +1,137 @@
+"""Weight averaging (``ema``) and training augmentation (``augment``): what they change, and that a
+run with them still resumes exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mednca.checkpoint import TrainingState
+from mednca.nn.build import build_model
+from mednca.pipeline.augment import Augmentation, apply_augmentation, augment_batch, sample_augmentation
+from mednca.pipeline.ema import WeightAverage
+from mednca.pipeline.train import train
+
+
+def _quiet(**kwargs):
+    return dict(progress=False, log=lambda *_: None, **kwargs)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- the average ---------------------------------------------------------------------------------
+def test_average_follows_the_formula(tiny_config):
+    model = build_model(tiny_config, generator=torch.Generator().manual_seed(0))
+    ema = WeightAverage(model, 0.9)
+    start = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(100)  # warm-up over: decay 0.9
+    for name, value in ema.state_dict().items():
+        assert torch.allclose(value, start[name] + 0.1)
+    ema.update(0)  # warm-up: decay min(0.9, 1/10) = 0.1, close to the weights
+    for name, value in ema.state_dict().items():
+        assert torch.allclose(value, start[name] + 0.1 + 0.9 * 0.9)
+
+
+def test_applied_swaps_in_and_back(tiny_config):
+    model = build_model(tiny_config, generator=torch.Generator().manual_seed(0))
+    ema = WeightAverage(model, 0.5)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).add_(2.0)
+    moved = {k: v.clone() for k, v in model.state_dict().items()}
+    with ema.applied() as inside:
+        assert _same(dict(inside.state_dict()), raw)
+    assert _same(dict(model.state_dict()), moved)
+
+
+def test_bad_decay_is_refused(tiny_config):
+    model = build_model(tiny_config)
+    for decay in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError):
+            WeightAverage(model, decay)
+
+
+# -- augmentation --------------------------------------------------------------------------------
+def _batch(n: int = 4, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(n, 1, size, size, generator=g)
+    labels = torch.zeros(n, 1, size, size)
+    labels[:, :, 4:9, 2:6] = 1.0  # off-centre, so that a flip moves it
+    return images, labels
+
+
+def test_identity_parameters_change_nothing():
+    images, labels = _batch()
+    n = len(images)
+    aug = Augmentation(apply=torch.ones(n, dtype=torch.bool), flip=torch.zeros(n, dtype=torch.bool),
+                       angle=torch.zeros(n), scale=torch.ones(n), gamma=torch.ones(n))
+    out_images, out_labels = apply_augmentation(images, labels, aug)
+    assert torch.allclose(out_images, images, atol=1e-5)
+    assert torch.equal(out_labels, labels)
+
+
+def test_flip_mirrors_image_and_label():
+    images, labels = _batch()
+    n = len(images)
+    aug = Augmentation(apply=torch.tensor([True, False, True, True]), flip=torch.ones(n, dtype=torch.bool),
+                       angle=torch.zeros(n), scale=torch.ones(n), gamma=torch.ones(n))
+    out_images, out_labels = apply_augmentation(images, labels, aug)
+    assert torch.allclose(out_images[0], images[0].flip(-1), atol=1e-5)
+    assert torch.equal(out_labels[2], labels[2].flip(-1))
+    assert torch.equal(out_images[1], images[1]) and torch.equal(out_labels[1], labels[1])  # not applied
+
+
+def test_rotation_and_gamma_keep_ranges_and_binary_labels():
+    images, labels = _batch()
+    n = len(images)
+    aug = Augmentation(apply=torch.ones(n, dtype=torch.bool), flip=torch.zeros(n, dtype=torch.bool),
+                       angle=torch.full((n,), math.radians(90.0)), scale=torch.ones(n), gamma=torch.full((n,), 2.0))
+    out_images, out_labels = apply_augmentation(images, labels, aug)
+    assert float(out_images.min()) >= 0.0 and float(out_images.max()) <= 1.0
+    assert set(out_labels.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(out_labels.sum(), labels.sum())  # a quarter turn moves the box, keeps its size
+    assert not torch.equal(out_labels, labels)
+
+
+def test_sampling_is_seeded_and_prob_zero_draws_nothing():
+    a = sample_augmentation(8, 0.5, torch.Generator().manual_seed(1))
+    b = sample_augmentation(8, 0.5, torch.Generator().manual_seed(1))
+    assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("apply", "flip", "angle", "scale", "gamma"))
+    g = torch.Generator().manual_seed(5)
+    before = g.get_state()
+    images, labels = _batch()
+    assert augment_batch(images, labels, 0.0, g) == (images, labels)
+    assert torch.equal(g.get_state(), before)
+
+
+# -- in training ---------------------------------------------------------------------------------
+def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path, synthetic_task, tiny_config):
+    config = tiny_config.replace(ema=0.9, augment=0.5)
+    straight = train(synthetic_task, tmp_path / "straight", config, seed=0, epochs=2, **_quiet())
+    state = TrainingState(tmp_path / "straight" / "checkpoints" / "last.state.safetensors")
+    last = load_file(str(tmp_path / "straight" / "checkpoints" / "last.safetensors"))
+    assert state.ema_state is not None and _same(state.ema_state, {k: last[k] for k in state.ema_state})
+    assert not _same(state.model_state, last)  # the raw weights are not the averaged ones
+    assert _same(dict(straight.model.state_dict()), last)  # the returned model is the averaged one
+    train(synthetic_task, tmp_path / "resumed", config, seed=0, epochs=1, **_quiet())
+    train(synthetic_task, tmp_path / "resumed", None, resume=True, epochs=2, **_quiet())
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "last.safetensors"))
+    assert _same(last, resumed)
+    again = TrainingState(tmp_path / "resumed" / "checkpoints" / "last.state.safetensors")
+    assert _same(state.model_state, again.model_state)
+
+
+def test_augment_changes_the_run(tmp_path, synthetic_task, tiny_config):
+    train(synthetic_task, tmp_path / "plain", tiny_config, seed=0, epochs=1, **_quiet())
+    train(synthetic_task, tmp_path / "aug", tiny_config.replace(augment=1.0), seed=0, epochs=1, **_quiet())
+    plain = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
+    aug = load_file(str(tmp_path / "aug" / "checkpoints" / "last.safetensors"))
+    assert not _same(plain, aug)
