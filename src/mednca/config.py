@@ -91,6 +91,10 @@ class MedNCAConfig:
         channel: Channel of a 4D multi-modal image to use (e.g. prostate T2 = 0).
         label: ``None`` merges all foreground labels (label > 0, as the paper); an int keeps
             only that label value as foreground.
+        orientation: Voxel axis codes (nibabel's, e.g. ``"RAS"``) every volume is reoriented to,
+            without resampling, before it is sliced: in training and at prediction (the mask is
+            turned back to the input's own grid). ``None``: volumes are used as stored (models
+            from before mednca recorded it). ``train`` sets it to the training volumes' own.
         interpolation: In-plane image resize, ``"linear"`` or ``"cubic"`` (labels use nearest).
         normalization: Per-slice intensity scaling to [0, 1]: ``"minmax"`` (the paper's code) or
             ``"percentile"`` (minimum to the 99th percentile, brighter pixels clipped to 1; for
@@ -139,6 +143,7 @@ class MedNCAConfig:
     axis: int = 2
     channel: int = 0
     label: int | None = None
+    orientation: str | None = None
     interpolation: str = "cubic"
     normalization: str = "minmax"
     # training
@@ -175,6 +180,9 @@ class MedNCAConfig:
             raise ConfigError(f"name must be a string, got {self.name!r}")
         if self.label is not None:
             _check_int("label", self.label, 1, None, "a positive label value or null")
+        if self.orientation is not None and not is_axis_codes(self.orientation):
+            raise ConfigError(f"orientation must be null or three axis codes such as 'RAS' or 'LPS' (one of L/R, "
+                              f"A/P, S/I each), got {self.orientation!r}")
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         for b in self.betas:
@@ -254,6 +262,14 @@ class MedNCAConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def is_axis_codes(codes: Any) -> bool:
+    """Whether ``codes`` is three voxel axis codes naming each of L/R, A/P and S/I once ("RAS")."""
+    if not isinstance(codes, str) or len(codes) != 3:
+        return False
+    pairs = [{"L", "R"}, {"A", "P"}, {"S", "I"}]
+    return sorted(next((i for i, pair in enumerate(pairs) if c in pair), -1) for c in codes) == [0, 1, 2]
 
 
 def check_seed(seed: Any) -> int:

@@ -55,7 +55,7 @@ def test_run_folder(tmp_path, synthetic_task, tiny_config):
     out = tmp_path / "run"
     result = train(synthetic_task, out, tiny_config, seed=0, **_quiet())
     assert (result.epochs_done, result.batches_done, result.stopped_early) == (2, 12, False)
-    assert MedNCAConfig.from_json(out / "config.json") == tiny_config
+    assert MedNCAConfig.from_json(out / "config.json") == tiny_config.replace(orientation="RAS")  # recorded from the data
     split = json.loads((out / "split.json").read_text())
     parts = [set(split[k]) for k in ("train", "val", "test")]
     assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..config import MedNCAConfig
 from .cases import Case
-from .volumes import binarize, read_case
+from .volumes import binarize, read_case, reorient
 
 _MODES = {"linear": "bilinear", "cubic": "bicubic"}
 
@@ -109,7 +109,8 @@ class SliceData:
 
 def load_slices(cases: Sequence[Case], config: MedNCAConfig,
                 progress: Callable[[int], None] | None = None) -> SliceData:
-    """Read labelled cases and turn them into resized, normalised slices.
+    """Read labelled cases and turn them into resized, normalised slices (each volume first
+    reoriented to ``config.orientation`` when it is set).
 
     Raises:
         DataError: Any unreadable or inconsistent case (see :func:`read_case`).
@@ -117,6 +118,9 @@ def load_slices(cases: Sequence[Case], config: MedNCAConfig,
     images, labels, index = [], [], []
     for i, case in enumerate(cases):
         image, label = read_case(case)
+        codes = config.orientation
+        image.data = reorient(image.data, image.affine, codes)
+        label.data = reorient(label.data, label.affine, codes)
         images.append(image_slices(image.data, config.axis, config.image_size, config.interpolation,
                                    config.normalization))
         labels.append(label_slices(binarize(label.data, config.label), config.axis, config.image_size))

@@ -114,6 +114,44 @@ def read_label(path: str | Path) -> Volume:
     return Volume(data.astype(np.int64), np.asarray(img.affine, dtype=np.float64), img.header, path)
 
 
+def axis_codes(affine: np.ndarray) -> str:
+    """Voxel axis codes of an affine, e.g. ``"RAS"``: the world direction each array axis points to."""
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(affine))
+
+
+def file_axis_codes(path: str | Path) -> str | None:
+    """:func:`axis_codes` of a NIfTI file from its header alone (None if it cannot be read)."""
+    import nibabel as nib
+
+    try:
+        return axis_codes(nib.load(str(path)).affine)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when its data is read
+        return None
+
+
+def reorient(data: np.ndarray, affine: np.ndarray, codes: str | None) -> np.ndarray:
+    """``data`` (X, Y, Z) on the grid of ``affine``, with its axes permuted and flipped so that they
+    point along ``codes`` (e.g. ``"RAS"``); no resampling. ``codes=None`` returns ``data``."""
+    if codes is None:
+        return data
+    from nibabel import orientations as ornt
+
+    transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(tuple(codes)))
+    return np.ascontiguousarray(ornt.apply_orientation(data, transform))
+
+
+def restore_orientation(data: np.ndarray, affine: np.ndarray, codes: str | None) -> np.ndarray:
+    """The inverse of :func:`reorient`: an array oriented as ``codes`` back on the grid of ``affine``."""
+    if codes is None:
+        return data
+    from nibabel import orientations as ornt
+
+    transform = ornt.ornt_transform(ornt.axcodes2ornt(tuple(codes)), ornt.io_orientation(affine))
+    return np.ascontiguousarray(ornt.apply_orientation(data, transform))
+
+
 def binarize(label: np.ndarray, value: int | None) -> np.ndarray:
     """Foreground mask (uint8): all labels > 0 merged (``value=None``) or only ``value``."""
     return (label > 0 if value is None else label == value).astype(np.uint8)

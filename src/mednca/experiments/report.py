@@ -39,7 +39,7 @@ from ..formats import MISSING, cell
 from ..fsutil import atomic_path, atomic_write_text, check_output
 from ..nn.build import load_model
 from ..nn.model import MedNCA
-from ..pipeline.predict import predict_volume
+from ..pipeline.predict import predict_oriented
 from ..pipeline.quality import DEFINITION
 from ..version import __version__
 from .runs import require_extras, run_labels
@@ -325,7 +325,7 @@ def case_arrays(run: RunInfo, case_id: str, data_dir: Path, split: str, seed: in
     mask = _read_nifti(pred_dir / f"{case_id}.nii.gz")
     std = _read_nifti(pred_dir / "std" / f"{case_id}.nii.gz")
     if mask is None or std is None:
-        pred = predict_volume(run.model, image.data, ensemble, torch.Generator().manual_seed(seed))
+        pred = predict_oriented(run.model, image.data, image.affine, ensemble, seed)
         mask = pred.mask if mask is None else mask
         std = pred.std if std is None else std
     return {"image": image.data, "label": binarize(label.data, cfg.label), "mask": (mask > 0).astype(np.uint8),

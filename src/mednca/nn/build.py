@@ -11,6 +11,7 @@ from ..config import MODEL_TYPES, MedNCAConfig
 from ..errors import ConfigError
 from .base import SegmentationModel
 from .model import MedNCA
+from .shipped import is_shipped, shipped_checkpoint
 from .unet import UNetBaseline
 
 
@@ -27,12 +28,18 @@ def build_model(config: MedNCAConfig, generator: torch.Generator | None = None) 
     raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_TYPES)}")
 
 
-def load_model(path: str | Path) -> SegmentationModel:
-    """Rebuild the model of a checkpoint file or run folder (eval mode), whatever its type.
+def load_model(source: str | Path) -> SegmentationModel:
+    """Rebuild a model (eval mode), whatever its type, from a checkpoint file, a run folder, or
+    the name of a shipped model (``"hippocampus"``; see ``mednca models``).
+
+    A name is a shipped model only when no file or folder of that name exists.
 
     Raises:
         CheckpointError: The file is missing, unreadable, from an incompatible version, or its
-            weights do not fit its config.
+            weights do not fit its config; or a shipped model's file fails its checksum.
     """
+    path = source
+    if not Path(source).exists() and is_shipped(str(source)):
+        path = shipped_checkpoint(str(source))
     config, tensors, path = read_model_file(path)
     return build_model(config).restore(tensors, path)

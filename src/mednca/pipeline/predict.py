@@ -16,7 +16,7 @@ import torch
 
 from ..data.cases import find_cases, nifti_files, strip_nifti
 from ..data.slices import image_slices, to_volume
-from ..data.volumes import Volume, read_image
+from ..data.volumes import Volume, read_image, reorient, restore_orientation
 from ..errors import DataError, OutputExistsError
 from ..fsutil import atomic_path, check_output
 from ..config import MedNCAConfig, check_ensemble
@@ -156,12 +156,22 @@ def write_like(data: np.ndarray, reference: Volume, path: str | Path) -> Path:
     return path
 
 
-def _predict(model: SegmentationModel | SliceRuntime, data: np.ndarray, ensemble: int, seed: int) -> Prediction:
-    """One volume with a MedNCA (fire masks from a generator seeded ``seed``) or a runtime."""
+def predict_oriented(model: SegmentationModel | SliceRuntime, data: np.ndarray, affine: np.ndarray,
+                     ensemble: int = 1, seed: int = 0) -> Prediction:
+    """One (X, Y, Z) volume on the grid of ``affine`` with a MedNCA (fire masks from a generator
+    seeded ``seed``) or a runtime: reoriented to the model's ``orientation`` first (no
+    resampling), the prediction turned back to the volume's own grid."""
     check_ensemble(ensemble)
+    codes = model.config.orientation
+    data = reorient(data, affine, codes)
     if isinstance(model, torch.nn.Module):  # MedNCA or UNetBaseline
-        return predict_volume(model, data, ensemble, torch.Generator().manual_seed(seed))
-    return predict_slices(model.infer(ensemble, seed), data, model.config)
+        pred = predict_volume(model, data, ensemble, torch.Generator().manual_seed(seed))
+    else:
+        pred = predict_slices(model.infer(ensemble, seed), data, model.config)
+    if codes is not None:
+        pred.probability = restore_orientation(pred.probability, affine, codes)
+        pred.std = restore_orientation(pred.std, affine, codes)
+    return pred
 
 
 def _sidecar(path: Path, tag: str) -> Path:
@@ -175,7 +185,7 @@ def predict_case(model: SegmentationModel | SliceRuntime, image: str | Path, cha
     """Predict one image file and write the mask to ``targets[0]`` (and, when ``ensemble > 1``,
     the mean probability and the standard deviation to ``targets[1]`` and ``targets[2]``)."""
     volume = read_image(image, channel)
-    pred = _predict(model, volume.data, ensemble, seed)
+    pred = predict_oriented(model, volume.data, volume.affine, ensemble, seed)
     write_like(pred.mask, volume, targets[0])
     if ensemble > 1:
         write_like(pred.probability, volume, targets[1])

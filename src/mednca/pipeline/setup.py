@@ -4,6 +4,7 @@ folder or the saved training state to resume from."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ..config import MedNCAConfig, check_seed
 from ..data.cases import Case, find_cases
 from ..data.runfolder import RunFolder
 from ..data.splits import load_split, make_split
-from ..data.volumes import read_case
+from ..data.volumes import file_axis_codes, read_case
 from ..errors import CheckpointError, DataError, OutputError, OutputExistsError
 from ..version import __version__
 
@@ -59,11 +60,21 @@ def prepare(plan: Plan, world: int) -> tuple[MedNCAConfig, int, dict[str, list[s
         if run.path.exists() and any(run.path.iterdir()) and not plan.overwrite:
             raise OutputExistsError(f"run folder {run.path} already exists; pass --resume to continue it "
                                     "or --overwrite to start over")
-        ids = [c.case_id for c in find_cases(plan.data_dir, config.channel)]
+        cases = find_cases(plan.data_dir, config.channel)
+        ids = [c.case_id for c in cases]
         split = load_split(plan.split_file, ids, seed) if plan.split_file else make_split(ids, seed)
+        if config.orientation is None:
+            config = config.replace(orientation=common_orientation([c for c in cases if c.case_id in set(split["train"])]))
     if plan.epochs is not None:
         config = config.replace(epochs=plan.epochs)
     return config, seed, split
+
+
+def common_orientation(cases: list[Case]) -> str | None:
+    """The voxel axis codes most of the cases' images have (what a new run records and reorients
+    every volume to), or None if none can be read."""
+    codes = Counter(c for c in (file_axis_codes(case.image) for case in cases) if c is not None)
+    return codes.most_common(1)[0][0] if codes else None
 
 
 def split_cases(data_dir: Path, config: MedNCAConfig, ids: list[str], what: str) -> list[Case]:
