@@ -130,15 +130,23 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, data_dir: str | Pa
         raise DataError(f"{len(wanted) - len(cases)} {split} case(s) of the run are missing in {data_dir}")
     out_json = Path(output) if output is not None else run.eval_file(split)
     check_output(out_json, overwrite)
-    pairs, scores = _predict_cases(model, cases, run.predictions(split), ensemble, seed, progress)
-    results = evaluate_pairs(pairs, model.config.label)
-    if ensemble > 1:
-        add_quality(results, scores, ensemble)
+    results = evaluate_cases(model, cases, run.predictions(split), ensemble, seed, progress)
     results["run"] = str(run.path)
     results["split"] = split
     results["ensemble"] = ensemble
     write_results(results, out_json, overwrite)
     return results, out_json
+
+
+def evaluate_cases(model: SegmentationModel, cases: list[Case], pred_dir: Path, ensemble: int = 1, seed: int = 0,
+                   progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Predict labelled cases into ``pred_dir`` and evaluate them (as :func:`evaluate_pairs`; with
+    ``ensemble >= 2`` also the quality scores, as :func:`mednca.pipeline.quality.add_quality`)."""
+    pairs, scores = _predict_cases(model, cases, pred_dir, ensemble, seed, progress)
+    results = evaluate_pairs(pairs, model.config.label)
+    if ensemble > 1:
+        add_quality(results, scores, ensemble)
+    return results
 
 
 def _predict_cases(model: SegmentationModel, cases: list[Case], pred_dir: Path, ensemble: int, seed: int,
@@ -151,7 +159,7 @@ def _predict_cases(model: SegmentationModel, cases: list[Case], pred_dir: Path, 
     for i, case in enumerate(cases):
         mask = pred_dir / f"{case.case_id}.nii.gz"
         extra = [pred_dir / "prob" / mask.name, pred_dir / "std" / mask.name] if ensemble > 1 else []
-        pred = predict_case(model, case.image, case.channel, [mask, *extra], ensemble, seed)
+        pred, _ = predict_case(model, case.image, case.channel, [mask, *extra], ensemble, seed)
         if ensemble > 1:  # quality estimate without ground truth, from the K passes' spread
             scores[case.case_id] = quality_score(pred.probability, pred.std)
         pairs.append((case.case_id, mask, case.label))

@@ -18,10 +18,13 @@ from ..data.cases import find_cases, nifti_files, strip_nifti
 from ..data.slices import image_slices, to_volume
 from ..data.volumes import Volume, read_image, reorient, restore_orientation
 from ..errors import DataError, OutputExistsError
+from ..formats import write_json
 from ..fsutil import atomic_path, check_output
 from ..config import MedNCAConfig, check_ensemble
 from ..nn.unet import UNET_FEATURES
 from ..nn.base import SegmentationModel
+from .metrics import volume_ml
+from .quality import DEFINITION as QUALITY_DEFINITION, ReviewRule, quality_score
 
 #: Per-slice model call: (N, 1, S, S) normalised slices -> (mean, std), two (N, 1, S, S)
 #: foreground probability maps (as :meth:`MedNCA.predict_proba`).
@@ -181,31 +184,65 @@ def _sidecar(path: Path, tag: str) -> Path:
 
 
 def predict_case(model: SegmentationModel | SliceRuntime, image: str | Path, channel: int | None,
-                 targets: list[Path], ensemble: int = 1, seed: int = 0) -> Prediction:
+                 targets: list[Path], ensemble: int = 1, seed: int = 0,
+                 review: ReviewRule | None = None) -> tuple[Prediction, dict | None]:
     """Predict one image file and write the mask to ``targets[0]`` (and, when ``ensemble > 1``,
-    the mean probability and the standard deviation to ``targets[1]`` and ``targets[2]``)."""
+    the mean probability and the standard deviation to ``targets[1]`` and ``targets[2]``).
+
+    With ``review`` also the result's report (:func:`result_report`) to the last target, a
+    ``.json`` file. Returns (the prediction, the report or None).
+    """
     volume = read_image(image, channel)
     pred = predict_oriented(model, volume.data, volume.affine, ensemble, seed)
-    write_like(pred.mask, volume, targets[0])
+    mask = pred.mask
+    write_like(mask, volume, targets[0])
     if ensemble > 1:
         write_like(pred.probability, volume, targets[1])
         write_like(pred.std, volume, targets[2])
-    return pred
+    if review is None:
+        return pred, None
+    report = {"input": str(image), "mask": str(targets[0]), **result_report(pred, mask, volume, review, ensemble, seed)}
+    write_json(targets[-1], report)
+    return pred, report
+
+
+def result_report(pred: Prediction, mask: np.ndarray, volume: Volume, review: ReviewRule, ensemble: int,
+                  seed: int) -> dict:
+    """What a user needs to judge one result: the mask's volume (mL), the quality score of the
+    ``ensemble`` passes and whether the result needs a second look (see :class:`ReviewRule`)."""
+    quality = quality_score(pred.probability, pred.std) if ensemble > 1 else float("nan")
+    flagged, reason = review.assess(quality, int(mask.sum()))
+    return {"volume_ml": round(volume_ml(mask, volume.spacing), 4), "quality": quality, "ensemble": ensemble,
+            "seed": seed, "review": flagged, "reason": reason, "review_threshold": review.threshold,
+            "quality_definition": QUALITY_DEFINITION}
+
+
+def report_line(name: str, report: dict) -> str:
+    """One line for a user about a result: ``case: 3.21 mL, quality 0.0412 - looks fine``."""
+    verdict = f"please review ({report['reason']})" if report["review"] else "looks fine"
+    return f"{name}: {report['volume_ml']:.2f} mL, quality {report['quality']:.4g} - {verdict}"
 
 
 def predict_file(model: SegmentationModel | SliceRuntime, image: str | Path, output: str | Path, *, channel: int | None = None,
-                 ensemble: int = 1, seed: int = 0, overwrite: bool = False) -> list[Path]:
+                 ensemble: int = 1, seed: int = 0, overwrite: bool = False, review: ReviewRule | None = None,
+                 log: Callable[[str], None] | None = None) -> list[Path]:
     """Predict one NIfTI file; write the mask to ``output`` (and ``*_prob``/``*_std`` beside it
-    when ``ensemble > 1``). Returns the written paths."""
+    when ``ensemble > 1``; with ``review`` the result's report as ``*.json`` beside it, and
+    :func:`report_line` to ``log``). Returns the written paths."""
     output = Path(output)
     if strip_nifti(output.name) is None:
         raise DataError(f"output {output} must end in .nii.gz or .nii")
     if output.exists() and output.resolve() == Path(image).resolve():
         raise OutputExistsError(f"{output} is the input scan; write the mask to another file")
     targets = [output] + ([_sidecar(output, "prob"), _sidecar(output, "std")] if ensemble > 1 else [])
+    if review is not None:
+        targets.append(output.with_name(f"{strip_nifti(output.name)}.json"))
     for t in targets:
         check_output(t, overwrite)
-    predict_case(model, image, model.config.channel if channel is None else channel, targets, ensemble, seed)
+    _, report = predict_case(model, image, model.config.channel if channel is None else channel, targets,
+                             ensemble, seed, review)
+    if report is not None and log is not None:
+        log(report_line(Path(image).name, report))
     return targets
 
 
@@ -213,11 +250,12 @@ def predict_folder(model: SegmentationModel | SliceRuntime, folder: str | Path, 
                    ensemble: int = 1, seed: int = 0, overwrite: bool = False,
                    progress: Callable[[int, int, str], None] | None = None,
                    shard: tuple[int, int] = (0, 1), log: Callable[[str], None] | None = None,
-                   channel_files: str = "auto") -> list[Path]:
+                   channel_files: str = "auto", review: ReviewRule | None = None) -> list[Path]:
     """Predict every case of a folder of images (or of an MSD/nnU-Net task's ``imagesTr``).
 
     Masks go to ``out_dir/{case}.nii.gz``; with ``ensemble > 1`` the mean probability goes to
-    ``out_dir/prob/`` and the standard deviation to ``out_dir/std/`` under the same name.
+    ``out_dir/prob/`` and the standard deviation to ``out_dir/std/`` under the same name; with
+    ``review`` each case's report to ``out_dir/{case}.json`` and a line per case to ``log``.
     Existing outputs are refused (before anything is computed) unless ``overwrite``; an output
     that would replace an input scan is always refused. A case that cannot be read is reported
     (``log``) and skipped, and the others are predicted; then :class:`DataError` names them.
@@ -245,6 +283,8 @@ def predict_folder(model: SegmentationModel | SliceRuntime, folder: str | Path, 
         targets = [mask_path]
         if ensemble > 1:
             targets += [out_dir / "prob" / mask_path.name, out_dir / "std" / mask_path.name]
+        if review is not None:
+            targets.append(out_dir / f"{case.case_id}.json")
         for t in targets:
             if t.resolve() in inputs:
                 raise OutputExistsError(f"{t} is an input scan; write the masks to another folder")
@@ -254,8 +294,10 @@ def predict_folder(model: SegmentationModel | SliceRuntime, folder: str | Path, 
     failed: list[str] = []
     for i, (case, targets) in enumerate(plans):
         try:
-            predict_case(model, case.image, case.channel, targets, ensemble, seed)
+            _, report = predict_case(model, case.image, case.channel, targets, ensemble, seed, review)
             written += targets
+            if report is not None and log is not None:
+                log(report_line(case.case_id, report))
         except DataError as exc:  # a bad scan: say so, go on with the others
             failed.append(case.case_id)
             if log:

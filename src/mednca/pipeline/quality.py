@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -110,3 +111,50 @@ def add_quality(results: dict, scores: dict[str, float], ensemble: int) -> dict:
     results["summary"]["quality"] = summarize(rows, ["quality"])["quality"]
     results["quality"] = quality_summary([r["quality"] for r in rows], [r["dice"] for r in rows], ensemble)
     return results
+
+
+# -- the review flag of a single result ------------------------------------------------------------
+@dataclass(frozen=True)
+class ReviewRule:
+    """When a prediction needs a second look: its quality score above ``threshold`` (computed
+    with ``ensemble`` passes), or no foreground found at all.
+
+    A shipped model's card holds its rule, calibrated on validation cases (:func:`review_threshold`).
+    """
+
+    threshold: float
+    ensemble: int
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.threshold) or self.threshold < 0:
+            raise ValueError(f"the review threshold must be a finite number >= 0, got {self.threshold!r}")
+        if self.ensemble < 2:
+            raise ValueError(f"a review needs at least 2 stochastic passes, got {self.ensemble}")
+
+    def assess(self, quality: float, foreground_voxels: int) -> tuple[bool, str]:
+        """(review?, the reason in words) for one prediction."""
+        if foreground_voxels == 0:
+            return True, "no foreground found"
+        if not quality <= self.threshold:  # a nan score is reviewed too
+            return True, f"quality score {quality:.4g} above the threshold {self.threshold:.4g}"
+        return False, f"quality score {quality:.4g} within the threshold {self.threshold:.4g}"
+
+
+def review_threshold(validation_scores: Sequence[float], flag_fraction: float = FLAG_FRACTION) -> float:
+    """The quality score above which a result is flagged: the ``1 - flag_fraction`` quantile of
+    the scores of validation cases (never test cases), so about ``flag_fraction`` of cases like
+    them are flagged."""
+    scores = np.asarray([s for s in validation_scores if math.isfinite(s)], float)
+    if len(scores) == 0:
+        raise ValueError("no finite validation quality scores to calibrate a review threshold on")
+    return float(np.quantile(scores, 1.0 - flag_fraction))
+
+
+def review_stats(flags: Sequence[bool], dice: Sequence[float], failure_dice: float = FAILURE_DICE) -> dict:
+    """How a review flag did on cases with ground truth: failures (Dice < ``failure_dice``) caught
+    and good cases flagged."""
+    f, d = np.asarray(flags, bool), np.asarray(dice, float)
+    failed = d < failure_dice
+    return {"n_cases": int(len(d)), "failure_dice": failure_dice, "n_failures": int(failed.sum()),
+            "failures_flagged": int((failed & f).sum()), "n_good": int((~failed).sum()),
+            "good_flagged": int((~failed & f).sum())}
