@@ -1,7 +1,8 @@
 """mednca: Med-NCA medical image segmentation with Neural Cellular Automata, fast on plain CPUs.
 
->>> from mednca import MedNCA, MedNCAConfig
+>>> from mednca import MedNCA, MedNCAConfig, load_model
 >>> model = MedNCA(MedNCAConfig.preset("hippocampus"))
+>>> trained = load_model("hippocampus")  # a model shipped in the package (mednca models)
 
 The layers, bottom up (docs/architecture.md): ``config``/``checkpoint``/``runtime`` ->
 ``nn`` (the networks) and ``data`` (cases, volumes, slices, run folders) -> ``pipeline`` (train,
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 __all__ = ["MedNCA", "MedNCAConfig", "NCALevel", "UNetBaseline", "MedNCAError", "build_model", "load_model",
-           "train", "predict_volume", "evaluate_folders", "__version__"]
+           "train", "predict_volume", "predict_file", "evaluate_folders", "model_card", "shipped_names",
+           "__version__"]
 
 _LAZY = {
     "MedNCA": "nn.model",
@@ -30,6 +32,9 @@ _LAZY = {
     "load_model": "nn.build",
     "train": "pipeline.train",
     "predict_volume": "pipeline.predict",
+    "predict_file": "pipeline.predict",
+    "model_card": "nn.shipped",
+    "shipped_names": "nn.shipped",
     "evaluate_folders": "pipeline.evaluate",
 }
 
@@ -41,7 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .nn.model import MedNCA
     from .nn.unet import UNetBaseline
     from .pipeline.evaluate import evaluate_folders
-    from .pipeline.predict import predict_volume
+    from .nn.shipped import model_card, shipped_names
+    from .pipeline.predict import predict_file, predict_volume
     from .pipeline.train import train
 
 

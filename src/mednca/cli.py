@@ -138,13 +138,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment a NIfTI file or a folder of them",
+                       usage="mednca predict [options] (CKPT | --model NAME) INPUT -o OUTPUT",
                        description="Write binary masks with the input's exact shape, affine and header. "
                                    "With --ensemble K also the mean probability (*_prob / prob/) and the "
-                                   "per-voxel standard deviation (*_std / std/).")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint)")
-    p.add_argument("input", metavar="INPUT", help="a .nii/.nii.gz file or a folder (or task folder) of them")
+                                   "per-voxel standard deviation (*_std / std/). With a shipped model "
+                                   "(--model NAME, see 'mednca models') also a report per case (*.json: "
+                                   "volume in mL, quality score, review true/false) and one line per case.")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint); "
+                   "leave it out with --model")
+    p.add_argument("input", metavar="INPUT", nargs="?", help="a .nii/.nii.gz file or a folder (or task folder) of them")
+    p.add_argument("--model", metavar="NAME", help="a model shipped in mednca (e.g. hippocampus; 'mednca models' "
+                   "lists them) instead of CKPT")
     p.add_argument("-o", "--output", required=True, help="output file (for a file input) or folder")
-    p.add_argument("--ensemble", type=argtypes.ensemble, default=1, metavar="K", help="stochastic passes to average (default 1)")
+    p.add_argument("--ensemble", type=argtypes.ensemble, metavar="K",
+                   help="stochastic passes to average (default 1; a shipped model: its card's number)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the NCA's fire masks (default 0)")
     p.add_argument("--channel", type=int, help="modality of 4D images (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -162,6 +169,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .nn.build import load_model
     from .pipeline.predict import predict_file, predict_folder
 
+    review = None
+    if args.model is not None:
+        if args.input is not None:
+            raise MedNCAError(f"give either a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
+        args.checkpoint, args.input = args.model, args.checkpoint
+        review = _shipped_review(args)
+    elif args.input is None:
+        raise MedNCAError("give a checkpoint and an input (mednca predict CKPT INPUT -o OUT), "
+                          "or a shipped model (mednca predict --model NAME INPUT -o OUT)")
+    args.ensemble = args.ensemble or (review.ensemble if review else 1)
     if args.runtime == "onnx":
         from .edge.export import OnnxSegmenter
 
@@ -177,14 +194,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # Launched by torchrun with N processes: each predicts every N-th case.
         written = predict_folder(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
                                  seed=args.seed, overwrite=args.overwrite, progress=case_progress("predict"),
-                                 shard=(env_rank(), env_world_size()), log=warn, channel_files=args.channel_files)
+                                 shard=(env_rank(), env_world_size()), log=warn, channel_files=args.channel_files,
+                                 review=review)
     elif source.is_file():
         written = predict_file(model, source, args.output, channel=args.channel, ensemble=args.ensemble,
-                               seed=args.seed, overwrite=args.overwrite)
+                               seed=args.seed, overwrite=args.overwrite, review=review, log=log)
     else:
         raise MedNCAError(f"input {source} does not exist")
     log(f"wrote {len(written)} file(s) to {args.output}")
     return 0
+
+
+def _shipped_review(args: argparse.Namespace):
+    """The review rule of the shipped model ``args.model`` with ``--ensemble`` (or its card's
+    number of passes); None for a checkpoint path or a single pass."""
+    from .nn.shipped import is_shipped, model_card
+    from .pipeline.quality import ReviewRule
+
+    if args.runtime != "torch" or Path(args.model).exists() or not is_shipped(args.model):
+        return None
+    card = model_card(args.model)["review"]
+    ensemble = args.ensemble or card["ensemble"]
+    if ensemble < 2:
+        warn("--ensemble 1 gives no quality score: no review flag for these results")
+        return None
+    return ReviewRule(float(card["threshold"]), ensemble)
 
 
 def add_evaluate(sub) -> None:
@@ -311,6 +345,52 @@ def cmd_presets(args: argparse.Namespace) -> int:
             log(f"{name:18s} {c.channels} channels, {c.steps} steps/level, {c.image_size}² slices, "
                 f"{c.patch_size}² patches, batch {c.batch_size}, lr {c.lr:g}")
     return 0
+
+
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the trained models shipped in mednca, or print one's model card",
+                       description="The models inside the package need no download and no training: "
+                                   "'mednca predict --model NAME INPUT -o OUT'. Without NAME: one line per "
+                                   "model; with NAME: its model card (intended use, input, training data, "
+                                   "test results, review threshold, licence).")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a model to describe")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .nn.shipped import model_card, shipped_names
+
+    if args.name:
+        card = model_card(args.name)
+        log(json.dumps(card, indent=2) if args.json else format_card(card))
+        return 0
+    names = shipped_names()
+    if not names:
+        log("no models are shipped in this installation")
+    for name in names:
+        card = model_card(name)
+        test = card["test"]
+        log(f"{name:14s} {card['modality']}; {card['parameters']:,} parameters; test Dice "
+            f"{test['dice_mean']:.3f} ± {test['dice_std']:.3f} ({test['cases']} cases); licence {card['licence'].split(' (')[0]}")
+    return 0
+
+
+def format_card(card: dict) -> str:
+    """A model card as text for a terminal."""
+    test, review, training = card["test"], card["review"], card["training"]
+    caught = review["test"]
+    lines = [f"{card['name']}: {card['task']}", "",
+             f"Intended use: {card['intended_use']}", f"Modality: {card['modality']}", f"Input: {card['input']}",
+             f"Parameters: {card['parameters']:,}   mednca {card['mednca_version']}   sha256 {card['sha256'][:16]}...",
+             f"Training data: {training['data']}", f"Trained with: {training['command']}",
+             f"Test ({test['cases']} held-out cases, {test['ensemble']} passes): Dice {test['dice_mean']:.3f} ± "
+             f"{test['dice_std']:.3f}, HD95 {test['hd95_mm_mean']:.2f} mm",
+             f"Review flag: {review['rule']}; threshold {review['threshold']:.4g} ({review['calibration']}). "
+             f"On the test cases it flagged {caught['failures_flagged']} of {caught['n_failures']} failures "
+             f"(Dice < {caught['failure_dice']}) and {caught['good_flagged']} of {caught['n_good']} good results.",
+             f"Licence: {card['licence']}", f"Attribution: {card['attribution']}"]
+    return "\n".join(lines)
 
 
 def add_download(sub) -> None:
@@ -468,11 +548,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------
 #: The commands in the order ``mednca --help`` lists them.
 COMMANDS = (add_demo, add_train, add_predict, add_export, add_evaluate,
-            add_robustness, add_report, add_download, add_presets,
+            add_robustness, add_report, add_models, add_download, add_presets,
             add_info, add_bench, add_compare)
 
 #: Commands that run no network (every other one gets :func:`mednca.runtime.tune_for_networks`).
-LIGHT_COMMANDS = ("download", "presets", "info", "bench")
+LIGHT_COMMANDS = ("download", "presets", "info", "bench", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,6 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedNCAError as exc:
         print(f"mednca: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:  # anything else is a bug: keep its traceback
             raise
