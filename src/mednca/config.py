@@ -25,7 +25,7 @@ MODEL_TYPES = ("mednca", "unet", "unet-small")
 #: for unbounded time or memory: the paper's largest model has 32 channels, hidden 128, 64 steps
 #: and 256² slices.
 INT_RANGES: dict[str, tuple[int, int | None]] = {
-    "channels": (2, 256), "hidden": (1, 4096), "steps": (1, 1024), "scale": (1, 64),
+    "channels": (2, 256), "hidden": (1, 4096), "steps": (1, 1024), "coarse_steps": (0, 1024), "scale": (1, 64),
     "image_size": (1, 2048), "patch_size": (1, 2048), "axis": (0, 2), "channel": (0, 1024),
     "batch_size": (1, 4096), "warmup_batches": (0, None), "epochs": (1, None), "batches_per_epoch": (0, None),
     "val_ensemble": (1, 64),
@@ -71,7 +71,9 @@ class MedNCAConfig:
     Model:
         channels: Cell state channels C (channel 0 = image, 1 = segmentation logit, rest hidden).
         hidden: Hidden units of the per-cell update network (1x1 conv 3C -> hidden -> C).
-        steps: NCA steps S run by each of the two levels.
+        steps: NCA steps S run by each of the two levels (by level 2 only when ``coarse_steps``
+            is set).
+        coarse_steps: NCA steps of level 1 (the coarse, global level); 0 = ``steps``, as the paper.
         scale: Down-scaling factor of level 1 (the image side divided by it must be an integer).
         fire_rate: Probability that a cell applies its update in a step (training and inference).
         image_size: In-plane side (pixels) every slice is resized to.
@@ -133,6 +135,7 @@ class MedNCAConfig:
     channels: int = 16
     hidden: int = 128
     steps: int = 16
+    coarse_steps: int = 0
     scale: int = 4
     fire_rate: float = 0.5
     image_size: int = 64
@@ -202,6 +205,10 @@ class MedNCAConfig:
             raise ConfigError(f"the model is too large to run: steps x image_size² x per-cell work = {work:.2g} "
                               f"multiply-adds per slice and level (limit {MAX_STEP_WORK:.0e}); lower steps, "
                               "image_size, channels or hidden")
+
+    def level_steps(self, index: int) -> int:
+        """NCA steps of level ``index``: 1 (coarse: ``coarse_steps`` or else ``steps``) or 2 (``steps``)."""
+        return (self.coarse_steps or self.steps) if index == 1 else self.steps
 
     def step_work(self) -> int:
         """Multiply-adds of one Med-NCA level on one whole ``image_size``² slice (all steps,

@@ -251,3 +251,20 @@ def test_a_hostile_onnx_graph_or_metadata_is_refused(onnx_path: Path, tmp_path: 
         bad.write_bytes(proto.SerializeToString())
         with pytest.raises(CheckpointError, match=fragment):
             OnnxSegmenter(bad)
+
+
+def test_onnx_parity_with_more_coarse_steps(tmp_path: Path, random_model) -> None:
+    """``coarse_steps``: level 1 runs its own number of steps, in eager PyTorch and in ONNX alike."""
+    model = random_model()
+    model.config = model.config.replace(coarse_steps=5)
+    path = export_model(model, tmp_path / "coarse.onnx", explicit_noise=True)
+    x = images()
+    noise1, noise2 = draw_noise(model.config, 2, 24, 32, torch.Generator().manual_seed(7))
+    assert noise1.shape[0] == 5 and noise2.shape[0] == model.config.steps
+    with torch.no_grad():
+        eager = model(x, generator=torch.Generator().manual_seed(7)).numpy()
+        fewer = model.__class__(model.config.replace(coarse_steps=0))
+        fewer.load_state_dict(model.state_dict())
+        other = fewer(x, generator=torch.Generator().manual_seed(7)).numpy()
+    np.testing.assert_allclose(ort_run(path, images=x, noise1=noise1, noise2=noise2), eager, atol=1e-4, rtol=0)
+    assert np.abs(other - eager).max() > 1e-2  # the extra level-1 steps change the output

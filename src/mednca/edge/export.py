@@ -8,7 +8,8 @@ stochastic like the real model. Batch, height and width are dynamic (H and W mus
 of ``scale`` and at least ``2 * scale``, as for the PyTorch model).
 
 With ``explicit_noise=True`` the graph instead takes the uniform noise as two more inputs,
-``noise1`` (S, B, 1, H/scale, W/scale) and ``noise2`` (S, B, 1, H, W) (a cell fires where
+``noise1`` (S1, B, 1, H/scale, W/scale) and ``noise2`` (S2, B, 1, H, W), S1 and S2 the steps of
+the two levels (a cell fires where
 noise < fire_rate): reproducible, and exactly comparable to ``MedNCA.forward`` fed the same
 random numbers (see :func:`draw_noise`).
 
@@ -81,10 +82,10 @@ class ExportModule(nn.Module):
         self.config: MedNCAConfig = model.config
         self.explicit_noise = explicit_noise
 
-    def run_level(self, level: NCALevel, x: Tensor, noise: Tensor | None = None) -> Tensor:
-        """``steps`` dense steps on a (B, C, h, w) state; ``noise`` is (S, B, 1, h, w) or None
-        (drawn with ``torch.rand_like``)."""
-        for i in range(self.config.steps):
+    def run_level(self, level: NCALevel, x: Tensor, noise: Tensor | None, index: int) -> Tensor:
+        """Level ``index``'s S dense steps on a (B, C, h, w) state; ``noise`` is (S, B, 1, h, w) or
+        None (drawn with ``torch.rand_like``)."""
+        for i in range(self.config.level_steps(index)):
             u = torch.rand_like(x[:, :1]) if noise is None else noise[i]  # (B, 1, h, w)
             x = level.step_dense(x, (u < level.fire_rate).to(x.dtype))
         return x
@@ -92,7 +93,7 @@ class ExportModule(nn.Module):
     def forward(self, images: Tensor, noise1: Tensor | None = None, noise2: Tensor | None = None) -> Tensor:
         """(B, 1, H, W) normalised images -> (B, 1, H, W) logits (see :meth:`MedNCA.run_levels`)."""
         noise = {1: noise1, 2: noise2}
-        return self.model.run_levels(images, lambda level, x, index: self.run_level(level, x, noise[index]))[:, 1:2]
+        return self.model.run_levels(images, lambda level, x, index: self.run_level(level, x, noise[index], index))[:, 1:2]
 
 
 def draw_noise(config: MedNCAConfig, batch: int, height: int, width: int,
@@ -103,15 +104,16 @@ def draw_noise(config: MedNCAConfig, batch: int, height: int, width: int,
     see the same fire masks when ``g`` and ``g'`` start in the same state.
 
     Returns:
-        (noise1, noise2): (S, B, 1, H/scale, W/scale) for level 1 and (S, B, 1, H, W) for level 2.
+        (noise1, noise2): (S1, B, 1, H/scale, W/scale) for level 1 and (S2, B, 1, H, W) for level
+        2, S1 and S2 their steps.
     """
-    s, steps = config.scale, config.steps
+    s = config.scale
 
-    def draw(h: int, w: int) -> Tensor:
+    def draw(h: int, w: int, steps: int) -> Tensor:
         return torch.stack([torch.rand((batch, 1, h, w), generator=generator) for _ in range(steps)])
 
-    noise1 = draw(height // s, width // s)
-    return noise1, draw(height, width)
+    noise1 = draw(height // s, width // s, config.level_steps(1))
+    return noise1, draw(height, width, config.level_steps(2))
 
 
 def _example_inputs(config: MedNCAConfig, batch: int, explicit_noise: bool) -> tuple[Tensor, ...]:

@@ -398,7 +398,7 @@ def nca_frames(model: MedNCA, image: torch.Tensor, generator: torch.Generator | 
     def run_level(level, state: torch.Tensor, index: int) -> torch.Tensor:
         if index == 1:
             grab(1, 0, state)
-        for k in range(model.config.steps):
+        for k in range(model.config.level_steps(index)):
             state = level.step(state, generator)
             grab(index, k + 1, state)
         return state
@@ -433,7 +433,7 @@ def growth_gif(run: RunInfo, arrays: dict[str, np.ndarray], path: Path, seed: in
         level, step, prob = frames[i]
         shown.set_data(prob.T)
         where = f"1/{cfg.scale} resolution" if level == 1 else "full resolution"
-        title.set_text(f"level {level} ({where}), step {step}/{cfg.steps}")
+        title.set_text(f"level {level} ({where}), step {step}/{cfg.level_steps(level)}")
         return shown, title
 
     anim = FuncAnimation(fig, draw, frames=len(frames), blit=False)

@@ -56,7 +56,7 @@ class MedNCA(SegmentationModel):
     def run_levels(self, images: Tensor, run_level: RunLevel) -> Tensor:
         """The two-level pipeline on whole images, with each level's steps run by ``run_level``.
 
-        ``run_level(level, state, index)`` runs ``config.steps`` steps of ``level`` (index 1 or 2)
+        ``run_level(level, state, index)`` runs ``config.level_steps(index)`` steps of ``level`` (index 1 or 2)
         on a (B, C, h, w) state and returns the new state. :meth:`forward` runs the fused steps;
         the ONNX export runs dense steps with in-graph noise; the report records every step.
 
@@ -72,7 +72,7 @@ class MedNCA(SegmentationModel):
     def level1_state(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 1, H, W) images -> (B, C, H/s, W/s) level-1 state, run on the down-scaled images."""
         small = F.avg_pool2d(images, self.config.scale)  # (B, 1, H/s, W/s)
-        return self.level1(self.seed(small), self.config.steps, generator, self.config.grad_checkpoint)
+        return self.level1(self.seed(small), self.config.level_steps(1), generator, self.config.grad_checkpoint)
 
     def global_state(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Level 1 on the down-scaled images, handed to full resolution.
@@ -163,7 +163,7 @@ class MedNCA(SegmentationModel):
         c = self.config
         if labels is None:  # level 1 checkpointed as in training (it matters only with gradients)
             return self.run_levels(images, lambda level, x, index: level(
-                x, c.steps, generator, c.grad_checkpoint and index == 1))[:, 1:2]
+                x, c.level_steps(index), generator, c.grad_checkpoint and index == 1))[:, 1:2]
         if labels.shape != images.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must match images {tuple(images.shape)}")
         p = self.config.patch_size
@@ -171,7 +171,7 @@ class MedNCA(SegmentationModel):
         origins = self.patch_origins(labels, generator)
         state_p = self.patch_state(small, images, origins)  # (B, C, P, P)
         labels_p = self.crop(labels, origins, p)  # (B, 1, P, P)
-        logits_p = self.level2(state_p, self.config.steps, generator, self.config.grad_checkpoint)[:, 1:2]
+        logits_p = self.level2(state_p, self.config.level_steps(2), generator, self.config.grad_checkpoint)[:, 1:2]
         return logits_p, labels_p
 
     @torch.no_grad()
