@@ -17,15 +17,18 @@ from mednca import build_model
 from mednca.config import MedNCAConfig
 from mednca.data.cases import find_cases
 from mednca.data.slices import load_slices
+from mednca.pipeline.augment import augment_batch
 from mednca.pipeline.batches import lr_at
+from mednca.pipeline.ema import WeightAverage
 from mednca.pipeline.losses import dice_bce_loss
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 TASK = SHARED / "PROMISE12"
 SPLIT = SHARED / "splits" / "PROMISE12_70_30.json"
-#: Training cases, optimizer steps and the Dice the slices must reach: measured 0.568 with the
-#: session-6 preset (about 50 s on 2 cores); a recipe that collapses to background scores 0.
-CASES, STEPS, MIN_DICE = 2, 150, 0.4
+#: Training cases, optimizer steps and the Dice the slices must reach: measured 0.424 with the
+#: preset's augmentation and averaged weights (about 60 s on 2 cores); a recipe that collapses
+#: to background scores 0.
+CASES, STEPS, MIN_DICE = 2, 200, 0.3
 
 pytestmark = pytest.mark.skipif(not TASK.is_dir(), reason="needs ../shared/data/PROMISE12")
 
@@ -41,17 +44,20 @@ def test_the_prostate_preset_learns_a_few_real_slices():
     g = torch.Generator().manual_seed(0)
     model = build_model(config, generator=torch.Generator().manual_seed(0)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    average = WeightAverage(model, config.ema)
     for step in range(STEPS):
         idx = torch.randint(0, len(fg), (config.batch_size,), generator=g)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, step)
-        logits, target = model(images[idx], labels[idx], generator=g)
+        logits, target = model(*augment_batch(images[idx], labels[idx], config.augment, g), generator=g)
         loss = dice_bce_loss(logits, target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-    mean, _ = model.eval().predict_proba(images, 1, torch.Generator().manual_seed(1))
+        average.update(step)
+    with average.applied():  # the weights a run validates and saves
+        mean, _ = model.eval().predict_proba(images, 1, torch.Generator().manual_seed(1))
     pred, truth = mean > 0.5, labels > 0.5
     dice = float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
     assert pred.any(), "the prostate recipe collapsed: no foreground predicted on its own training slices"

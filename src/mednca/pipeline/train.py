@@ -244,7 +244,9 @@ class Trainer:
         resumed = D.on_main(lambda: write_or_read(plan, self.config, self.seed, split))
         if resumed is not None:
             self._restore(*resumed)
-        shape = (f"{self.config.channels} channels, {self.config.steps} steps/level"
+        steps = (f"{self.config.steps} steps/level" if self.config.level_steps(1) == self.config.steps else
+                 f"{self.config.level_steps(1)} + {self.config.steps} steps (levels 1 + 2)")
+        shape = (f"{self.config.channels} channels, {steps}"
                  if self.config.model == "mednca" else "whole-slice training")
         self.log(f"model: {self.config.model}, {self.model.num_parameters():,} parameters, {shape}")
         self._wrap()
