@@ -107,3 +107,62 @@ def train_tiny_run(root: Path) -> tuple[Path, Path]:
 def train_tiny():
     """The :func:`train_tiny_run` helper, for module-scoped fixtures of other test files."""
     return train_tiny_run
+
+
+def write_dicom_series_files(folder: Path, volume, affine, *, series_uid: str | None = None,
+                             description: str = "synthetic", shuffle: bool = True, drop: tuple[str, ...] = ()) -> Path:
+    """Write an (X, Y, Z) integer volume with a RAS ``affine`` as a DICOM MR series, one file per
+    slice k (pixel row r, column c = volume[c, r, k]); geometry from the affine (RAS -> LPS).
+
+    Args:
+        shuffle: Write the files in a scrambled order (readers must sort by position).
+        drop: Attribute keywords to leave out of every file (e.g. ``"PixelSpacing"``).
+
+    Returns:
+        ``folder``.
+    """
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=float)
+    step_col, step_row = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    orientation = [*(lps[:3, 0] / step_col), *(lps[:3, 1] / step_row)]
+    study, series, frame = generate_uid(), series_uid or generate_uid(), generate_uid()
+    n = volume.shape[2]
+    order = np.random.default_rng(0).permutation(n) if shuffle else np.arange(n)
+    for i, k in enumerate(order):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Synthetic", "mednca-test", "", "O"
+        ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = study, "1", "20260101", "120000"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series, 3, description
+        ds.Modality, ds.Manufacturer, ds.FrameOfReferenceUID = "MR", "mednca tests", frame
+        ds.InstanceNumber = int(k) + 1
+        ds.ImageOrientationPatient = [round(float(v), 8) for v in orientation]
+        ds.ImagePositionPatient = [round(float(v), 6) for v in (lps @ [0, 0, k, 1])[:3]]
+        ds.PixelSpacing = [round(float(step_row), 6), round(float(step_col), 6)]
+        ds.SliceThickness = float(np.linalg.norm(lps[:3, 2]))
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T.astype("<i2")).tobytes()
+        for keyword in drop:
+            delattr(ds, keyword)
+        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def write_dicom_series():
+    """The :func:`write_dicom_series_files` helper (skips the test without pydicom)."""
+    pytest.importorskip("pydicom")
+    return write_dicom_series_files

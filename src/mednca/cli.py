@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="segment a NIfTI file or a folder of them",
+    p = sub.add_parser("predict", help="segment a NIfTI file, a folder of them or a DICOM series",
                        usage="mednca predict [options] (CKPT | --model NAME) INPUT -o OUTPUT",
                        description="Write binary masks with the input's exact shape, affine and header. "
                                    "With --ensemble K also the mean probability (*_prob / prob/) and the "
@@ -146,10 +146,14 @@ def add_predict(sub) -> None:
                                    "volume in mL, quality score, review true/false) and one line per case.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (uses its best checkpoint); "
                    "leave it out with --model")
-    p.add_argument("input", metavar="INPUT", nargs="?", help="a .nii/.nii.gz file or a folder (or task folder) of them")
+    p.add_argument("input", metavar="INPUT", nargs="?", help="a .nii/.nii.gz file or a folder (or task folder) of them; "
+                   "or one DICOM series: its folder, a .zip of it (needs mednca[dicom])")
     p.add_argument("--model", metavar="NAME", help="a model shipped in mednca (e.g. hippocampus; 'mednca models' "
                    "lists them) instead of CKPT")
-    p.add_argument("-o", "--output", required=True, help="output file (for a file input) or folder")
+    p.add_argument("-o", "--output", required=True, help="output file (for a file input) or folder; for DICOM "
+                   "input result.dcm (a DICOM SEG over the source images) or mask.nii.gz")
+    p.add_argument("--series", metavar="UID", help="with DICOM input holding several series: the "
+                   "SeriesInstanceUID to segment (the error lists them)")
     p.add_argument("--ensemble", type=argtypes.ensemble, metavar="K",
                    help="stochastic passes to average (default 1; a shipped model: its card's number)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the NCA's fire masks (default 0)")
@@ -166,6 +170,7 @@ def add_predict(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.dicom import is_dicom_input
     from .nn.build import load_model
     from .pipeline.predict import predict_file, predict_folder
 
@@ -188,7 +193,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         model = load_model(args.checkpoint)
     source = Path(args.input)
-    if source.is_dir():
+    if is_dicom_input(source):
+        written = _predict_dicom(args, model, source, review)
+    elif args.series:
+        raise MedNCAError(f"--series picks a DICOM series, but {source} is not DICOM input")
+    elif source.is_dir():
         from .pipeline.distributed import env_rank, env_world_size
 
         # Launched by torchrun with N processes: each predicts every N-th case.
@@ -219,6 +228,25 @@ def _shipped_review(args: argparse.Namespace):
         warn("--ensemble 1 gives no quality score: no review flag for these results")
         return None
     return ReviewRule(float(card["threshold"]), ensemble)
+
+
+def _predict_dicom(args: argparse.Namespace, model, source: Path, review) -> list[Path]:
+    """Segment the DICOM series ``source`` with predict's arguments; the SEG names the model."""
+    from .data.dicomseg import STRUCTURES
+    from .nn.shipped import is_shipped, model_card, sha256_of
+    from .pipeline.predict_dicom import predict_dicom
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists() and is_shipped(args.checkpoint):
+        card = model_card(args.checkpoint)
+        name, version, structure = card["name"], card["sha256"][:12], card["structure"]
+    else:
+        weights = checkpoint / "checkpoints" / "best.safetensors" if checkpoint.is_dir() else checkpoint
+        name, version = checkpoint.name, sha256_of(weights)[:12] if weights.is_file() else ""
+        structure = next((s for s in STRUCTURES if s in model.config.name), None)
+    return predict_dicom(model, source, args.output, series=args.series, ensemble=args.ensemble, seed=args.seed,
+                         overwrite=args.overwrite, review=review, model_name=name, model_version=version,
+                         structure=structure, log=log)
 
 
 def add_evaluate(sub) -> None:
