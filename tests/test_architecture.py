@@ -22,7 +22,8 @@ LAYERS = {
     "mednca.pipeline": 2,
     "mednca.edge": 3,
     "mednca.experiments": 4,
-    "mednca.cli": 5, "mednca.__main__": 5, "mednca": 5,
+    "mednca.web": 5,
+    "mednca.cli": 6, "mednca.__main__": 6, "mednca": 6,
 }
 #: Parts of one layer that must not import each other.
 INDEPENDENT = {("mednca.nn", "mednca.data"), ("mednca.data", "mednca.nn")}

@@ -6,7 +6,7 @@
 
 The layers, bottom up (docs/architecture.md): ``config``/``checkpoint``/``runtime`` ->
 ``nn`` (the networks) and ``data`` (cases, volumes, slices, run folders) -> ``pipeline`` (train,
-predict, evaluate) -> ``experiments`` and ``edge`` -> ``cli``.
+predict, evaluate) -> ``experiments`` and ``edge`` -> ``web`` (``mednca serve``) -> ``cli``.
 
 The public names are imported lazily so that ``import mednca`` (and ``mednca --help``) does not
 load torch until a model is used.

@@ -39,3 +39,16 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
 seed = int_range(0, MAX_SEED)
 #: Stochastic passes of an ensemble prediction.
 ensemble = int_range(1, MAX_ENSEMBLE)
+#: A TCP port.
+port = int_range(1, 65535)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value

@@ -375,6 +375,53 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local web app: drop a scan, segment it, view and download the mask",
+                       description="Start mednca's web app on this machine (needs mednca[web]): a page to upload "
+                                   "a NIfTI scan or a .zip of one DICOM series, pick a model, segment it on the "
+                                   "CPU and view the mask and uncertainty over the scan, with the volume, quality "
+                                   "score and review flag; the mask, DICOM SEG and report can be downloaded. "
+                                   "Everything the page needs is served from the package (no internet). "
+                                   "The HTTP API is in docs/web.md.")
+    p.add_argument("--model", action="append", default=[], metavar="NAME|CKPT",
+                   help="a model to offer besides the shipped ones: a checkpoint or run folder (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=argtypes.port, default=8000, help="port (default 8000)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--max-upload-mb", type=argtypes.positive_float, default=512,
+                   help="largest upload accepted, in MB (default 512)")
+    p.add_argument("--keep-minutes", type=argtypes.positive_float, default=60,
+                   help="how long a result's files are kept after it is done (default 60)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the NCA's fire masks (default 0)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .web.app import create_app
+    except ImportError as exc:
+        raise MedNCAError(f'mednca serve needs the web extra: pip install "mednca[web]" ({exc})') from exc
+    from .web.models import load_served
+
+    models = load_served(args.model)
+    app = create_app(models, max_upload_mb=args.max_upload_mb, keep_minutes=args.keep_minutes, seed=args.seed)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else host}:{args.port}/"
+    log(f"mednca serve: {len(models)} model(s) ({', '.join(models)}); open {url} (Ctrl+C stops it and "
+        "deletes every uploaded and produced file)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"listening on {args.host}: other machines on the network can reach this app")
+    if args.open:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.5, webbrowser.open, (url,)).start()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def add_models(sub) -> None:
     p = sub.add_parser("models", help="list the trained models shipped in mednca, or print one's model card",
                        description="The models inside the package need no download and no training: "
@@ -575,7 +622,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -- the parser ------------------------------------------------------------------------------------
 #: The commands in the order ``mednca --help`` lists them.
-COMMANDS = (add_demo, add_train, add_predict, add_export, add_evaluate,
+COMMANDS = (add_demo, add_train, add_predict, add_serve, add_export, add_evaluate,
             add_robustness, add_report, add_models, add_download, add_presets,
             add_info, add_bench, add_compare)
 

@@ -140,9 +140,13 @@ def test_cli_refuses_series_for_nifti_input(tmp_path, capsys):
 def test_a_hippocampus_case_as_dicom_gives_the_nifti_mask(tmp_path, write_dicom_series, capsys):
     """The shipped model on a real test case, once from its NIfTI and once from a DICOM series
     written from it: the SEG read back with highdicom equals the NIfTI mask slice by slice."""
-    image = HIPPOCAMPUS / "imagesTr" / "hippocampus_007.nii.gz"  # a test case of the shared split
-    nifti = nib.load(str(image))
-    series = write_dicom_series(tmp_path / "series", np.asarray(nifti.dataobj).astype(np.int16), nifti.affine)
+    source = nib.load(str(HIPPOCAMPUS / "imagesTr" / "hippocampus_007.nii.gz"))  # a test case of the shared split
+    # DICOM stores integers: round the float intensities once, and give both paths the same values
+    data = np.round(np.asarray(source.dataobj)).astype(np.int16)
+    nifti = nib.Nifti1Image(data, source.affine)
+    image = tmp_path / "hippocampus_007.nii.gz"
+    nib.save(nifti, str(image))
+    series = write_dicom_series(tmp_path / "series", data, nifti.affine)
     assert main(["predict", "--model", "hippocampus", str(image), "-o", str(tmp_path / "mask.nii.gz")]) == 0
     assert main(["predict", "--model", "hippocampus", str(series), "-o", str(tmp_path / "result.dcm")]) == 0
     out = capsys.readouterr().out  # a review line per result

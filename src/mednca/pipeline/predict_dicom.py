@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.cases import strip_nifti
-from ..data.dicom import read_dicom_series
+from ..data.dicom import DicomVolume, read_dicom_series
 from ..data.dicomseg import write_dicom_seg
 from ..errors import DataError, OutputExistsError
 from ..formats import write_json
 from ..fsutil import check_output
 from ..version import __version__
 from ..nn.base import SegmentationModel
-from .predict import SliceRuntime, predict_oriented, report_line, result_report, write_like
+from .predict import Prediction, SliceRuntime, predict_oriented, report_line, result_report, write_like
 from .quality import ReviewRule
 
 
@@ -41,6 +41,14 @@ def dicom_targets(output: Path, ensemble: int, review: bool) -> list[Path]:
     if review:
         targets.append(output.with_name(f"{stem}.json"))
     return targets
+
+
+def segment_dicom(model: SegmentationModel | SliceRuntime, source: str | Path, series: str | None = None,
+                  ensemble: int = 1, seed: int = 0) -> tuple[DicomVolume, Prediction]:
+    """Read one DICOM series (:func:`mednca.data.dicom.read_dicom_series`) and segment it on its
+    own grid (:func:`mednca.pipeline.predict.predict_oriented`); nothing is written."""
+    dicom = read_dicom_series(source, series)
+    return dicom, predict_oriented(model, dicom.data, dicom.affine, ensemble, seed)
 
 
 def predict_dicom(model: SegmentationModel | SliceRuntime, source: str | Path, output: str | Path, *,
@@ -66,9 +74,8 @@ def predict_dicom(model: SegmentationModel | SliceRuntime, source: str | Path, o
     targets = dicom_targets(output, ensemble, review is not None)
     for t in targets:
         check_output(t, overwrite)
-    dicom = read_dicom_series(source, series)
+    dicom, pred = segment_dicom(model, source, series, ensemble, seed)
     volume = dicom.as_volume()
-    pred = predict_oriented(model, dicom.data, dicom.affine, ensemble, seed)
     mask = pred.mask
     if output.name.lower().endswith(".dcm"):
         write_dicom_seg(mask, dicom, output, structure=structure, model_name=model_name,

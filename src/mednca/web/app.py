@@ -1,0 +1,137 @@
+"""The ``mednca serve`` web app (FastAPI): the page, its static files, and the HTTP API it uses.
+
+API (docs/web.md): ``GET /api/models``; ``POST /api/jobs`` (multipart ``file``, ``model``) ->
+``{"id"}``; ``GET /api/jobs/{id}`` -> status, queue position, progress, result; ``GET
+/api/jobs/{id}/{mask,uncertainty,image,seg,report}`` -> the files. Everything the page needs is
+served from the package: the page makes no request to another host. Requests from other origins
+are refused, uploads above the size limit too, and a bad scan gets the CLI's one-line message.
+Needs ``mednca[web]`` (FastAPI, uvicorn, python-multipart); the CLI imports it only for ``serve``.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from .jobs import Job, JobQueue
+from .models import ServedModel
+from .segment import FILES, segment_upload, upload_suffix
+
+#: Where the page, its script, style sheet and the vendored NiiVue live.
+STATIC = Path(str(resources.files("mednca") / "web" / "static"))
+CHUNK = 1 << 20
+
+
+def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, keep_minutes: float = 60,
+               seed: int = 0, root: Path | None = None):
+    """The app serving ``models`` (see :func:`mednca.web.models.load_served`).
+
+    Args:
+        max_upload_mb: Largest upload accepted, in MB (10^6 bytes).
+        keep_minutes: How long a finished job's files are kept.
+        seed: Seed of the fire masks of every job (masks equal ``mednca predict --seed``'s).
+        root: Folder for job files (default: a temporary folder, deleted when the app stops).
+    """
+    def run(job: Job) -> dict:
+        def stage(text: str, fraction: float) -> None:
+            job.stage, job.progress = text, fraction
+
+        return segment_upload(models[job.model], job.upload, job.folder, seed, stage)
+
+    jobs = JobQueue(run, keep_minutes, root)
+    limit = int(max_upload_mb * 1e6)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        jobs.close()
+
+    app = FastAPI(title="mednca", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.jobs = jobs
+
+    @app.middleware("http")
+    async def same_origin_only(request: Request, call_next):
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return JSONResponse({"detail": "requests from other web sites are not allowed"}, status_code=403)
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/models")
+    def list_models() -> list[dict]:
+        return [m.summary() for m in models.values()]
+
+    @app.post("/api/jobs")
+    async def submit(request: Request, file: UploadFile = File(...), model: str = Form(...)) -> dict:
+        if int(request.headers.get("content-length") or 0) > limit + CHUNK:
+            raise HTTPException(413, _too_large(max_upload_mb))
+        if model not in models:
+            raise HTTPException(400, f"unknown model {model!r}; choose one of: {', '.join(models)}")
+        suffix = upload_suffix(file.filename or "")
+        if suffix is None:
+            raise HTTPException(400, "upload a NIfTI scan (.nii or .nii.gz) or a .zip of one DICOM series")
+        job = jobs.new_job(model, _display_name(file.filename or ""), suffix)
+        if not await _save(file, job.upload, limit):
+            jobs.discard(job)
+            raise HTTPException(413, _too_large(max_upload_mb))
+        jobs.submit(job)
+        return {"id": job.id}
+
+    def find(job_id: str) -> Job:
+        job = jobs.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, "no such job (finished jobs are deleted after a while)")
+        return job
+
+    @app.get("/api/jobs/{job_id}")
+    def job_status(job_id: str) -> dict:
+        return jobs.status(find(job_id))
+
+    @app.get("/api/jobs/{job_id}/{kind}")
+    def job_file(job_id: str, kind: str):
+        job = find(job_id)
+        if kind not in FILES or job.status != "done":
+            raise HTTPException(404, f"no {kind} for this job" if job.status == "done" else "the job is not done")
+        path = job.upload if kind == "image" and not job.report.get("dicom") else job.folder / FILES[kind]
+        if not path.is_file():
+            raise HTTPException(404, f"no {kind} for this job (a DICOM SEG needs DICOM input)")
+        stem = Path(job.filename).name.split(".")[0] or "scan"
+        name = f"{stem}_{kind}{''.join(Path(path.name).suffixes)}"
+        return FileResponse(path, filename=name)
+
+    return app
+
+
+def _too_large(max_upload_mb: float) -> str:
+    return f"the file is larger than the limit of {max_upload_mb:g} MB (mednca serve --max-upload-mb)"
+
+
+def _display_name(filename: str) -> str:
+    """The client's file name for display: its last path part, printable, at most 100 characters."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:100] or "scan"
+
+
+async def _save(upload, path: Path, limit: int) -> bool:
+    """Copy an upload to ``path`` in chunks; False (and nothing kept) once it exceeds ``limit`` bytes."""
+    size = 0
+    with open(path, "wb") as out:
+        while chunk := await upload.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                break
+            out.write(chunk)
+    if size > limit:
+        path.unlink(missing_ok=True)
+        return False
+    return True
