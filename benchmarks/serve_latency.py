@@ -23,12 +23,13 @@ from mednca.web.app import create_app
 from mednca.web.models import load_served
 
 
-def serve(port: int) -> uvicorn.Server:
+def serve(port: int) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(uvicorn.Config(create_app(load_served()), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     while not server.started:
         time.sleep(0.05)
-    return server
+    return server, thread
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    server = serve(args.port)
+    server, thread = serve(args.port)
     chromium = shutil.which("chromium")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--enable-unsafe-swiftshader", "--use-angle=swiftshader"])
@@ -59,6 +60,7 @@ def main() -> int:
             print(f"{scan.name}: median {statistics.median(times):.2f} s over {len(times)} runs ({args.model})")
         browser.close()
     server.should_exit = True
+    thread.join(timeout=60)  # the app's shutdown deletes its job folders
     return 0
 
 

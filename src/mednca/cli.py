@@ -18,6 +18,7 @@ from . import argtypes
 from .config import MODEL_TYPES, PRESETS, MedNCAConfig, parse_override
 from .data.cases import CHANNEL_FILES
 from .errors import MedNCAError
+from .formats import one_line
 from .fsutil import WRITE_ERRNOS
 from .experiments.bench.args import add_bench_arguments
 from .runtime import tune_for_networks
@@ -671,11 +672,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mednca: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
-
-
-def one_line(message: str) -> str:
-    """A message on one line: its lines joined with "; " and runs of spaces folded."""
-    return "; ".join(" ".join(line.split()) for line in message.splitlines() if line.strip())
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

@@ -42,3 +42,8 @@ def cell(value: Any, fmt: str = ".4f", missing: str = MISSING) -> str:
     if isinstance(value, str):
         return value
     return format(value, fmt)
+
+
+def one_line(message: str) -> str:
+    """A message on one line: its lines joined with "; " and runs of spaces folded."""
+    return "; ".join(" ".join(line.split()) for line in message.splitlines() if line.strip())

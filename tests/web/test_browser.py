@@ -100,3 +100,25 @@ def test_upload_segment_view_download(server, tmp_path):
     predict_file(load_model("hippocampus"), image, tmp_path / "cli.nii.gz", ensemble=8, seed=0)
     served = np.asarray(nib.load(str(tmp_path / "served.nii.gz")).dataobj)
     np.testing.assert_array_equal(served, np.asarray(nib.load(str(tmp_path / "cli.nii.gz")).dataobj))
+
+
+def test_a_bad_file_shows_the_clis_error(server, tmp_path, capsys):
+    from mednca.cli import main
+
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"this is not a scan")
+    assert main(["predict", "--model", "hippocampus", str(bad), "-o", str(tmp_path / "m.nii.gz")]) == 1
+    cli_error = capsys.readouterr().err.strip().removeprefix("mednca: error: ").replace(str(bad), bad.name)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1280, "height": 600})
+        page.goto(server)
+        page.wait_for_selector("#model option[value=hippocampus]", state="attached")
+        page.set_input_files("#file", str(bad))
+        page.click("#segment")
+        page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+        shown = page.locator("#error").inner_text()
+        page.screenshot(path=str(SCREENSHOT.with_name("serve_error.png")))
+        assert page.locator("#segment").is_enabled()  # the user can try another file
+        browser.close()
+    assert shown == cli_error

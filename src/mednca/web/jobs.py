@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MedNCAError
-from ..formats import json_safe
+from ..formats import json_safe, one_line
 
 #: The work of one job: (job) -> report dict; raises MedNCAError for a bad scan.
 Runner = Callable[["Job"], dict]
@@ -138,8 +138,8 @@ class JobQueue:
         try:
             job.report = self.runner(job)
             job.status, job.stage, job.progress = "done", "done", 1.0
-        except MedNCAError as exc:  # a bad scan: the CLI's one-line message
-            job.status, job.error = "failed", " ".join(str(exc).split())
+        except MedNCAError as exc:  # a bad scan: the CLI's one-line message, about the user's file
+            job.status, job.error = "failed", one_line(str(exc).replace(str(job.upload), job.filename))
         except Exception as exc:  # noqa: BLE001 - a bug: say so on the page, keep serving
             traceback.print_exc()  # the server's console keeps the traceback
             job.status, job.error = "failed", f"internal error ({type(exc).__name__}: {exc}); please report it"
