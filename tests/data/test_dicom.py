@@ -18,7 +18,14 @@ from mednca.data.dicom import is_dicom_input, read_dicom_series  # noqa: E402
 from mednca.errors import DataError, MissingDependencyError  # noqa: E402
 
 BUNDLED = Path(pydicom.__file__).parent / "data" / "test_files"
-SERIES = BUNDLED / "dicomdirtests"
+SERIES = BUNDLED / "dicomdirtests"  # small CT and MR series, some broken on purpose
+
+
+def bundled(name: str) -> str:
+    """One of pydicom's bundled test files (never downloaded)."""
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name, download=False)
 #: An (X, Y, Z) = (12, 10, 6) grid, 0.8 x 0.9 x 2.5 mm, stored as DICOM scanners usually do (LPS).
 AFFINE = np.array([[-0.8, 0, 0, 30.0], [0, -0.9, 0, 40.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]])
 
@@ -144,27 +151,27 @@ def test_no_dicom_and_single_images_are_refused(tmp_path):
     with pytest.raises(DataError, match="holds no DICOM files"):
         read_dicom_series(tmp_path)
     with pytest.raises(DataError, match="single DICOM image; give the folder"):
-        read_dicom_series(BUNDLED / "CT_small.dcm")
+        read_dicom_series(bundled("CT_small.dcm"))
     with pytest.raises(DataError, match="does not exist"):
         read_dicom_series(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("name, kind", [("test-SR.dcm", "structured report"), ("rtstruct.dcm", "RT structure set")])
 def test_a_non_image_object_is_refused(tmp_path, name, kind):
-    shutil.copy(BUNDLED / name, tmp_path / name)
+    shutil.copy(bundled(name), tmp_path / name)
     with pytest.raises(DataError, match=f"no image series to segment, only non-image DICOM objects \\({kind}\\)"):
         read_dicom_series(tmp_path)
 
 
 def test_compressed_pixels_without_a_decoder_name_the_package(tmp_path):
-    source = pydicom.dcmread(BUNDLED / "JPEG-lossy.dcm")  # 12-bit JPEG: no decoder here (Pillow cannot)
+    source = pydicom.dcmread(bundled("JPEG-lossy.dcm"))  # 12-bit JPEG: no decoder here (Pillow cannot)
     try:
         source.pixel_array
         pytest.skip("a JPEG decoder for 12-bit data is installed")
     except Exception:  # noqa: BLE001 - what we need: pydicom cannot decode it
         pass
     for k in range(2):
-        ds = pydicom.dcmread(BUNDLED / "JPEG-lossy.dcm")
+        ds = pydicom.dcmread(bundled("JPEG-lossy.dcm"))
         ds.SeriesInstanceUID = "1.2.3"
         ds.ImageOrientationPatient, ds.PixelSpacing = [1, 0, 0, 0, 1, 0], [1, 1]
         ds.ImagePositionPatient = [0, 0, 2.0 * k]
