@@ -404,10 +404,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .web.app import create_app
     except ImportError as exc:
         raise MedNCAError(f'mednca serve needs the web extra: pip install "mednca[web]" ({exc})') from exc
+    from .web.app import LOCAL_HOSTS
     from .web.models import load_served
 
     models = load_served(args.model)
-    app = create_app(models, max_upload_mb=args.max_upload_mb, keep_minutes=args.keep_minutes, seed=args.seed)
+    hosts = None if args.host in ("0.0.0.0", "::") else tuple(dict.fromkeys([*LOCAL_HOSTS, args.host]))
+    app = create_app(models, max_upload_mb=args.max_upload_mb, keep_minutes=args.keep_minutes, seed=args.seed,
+                     hosts=hosts)
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else host}:{args.port}/"
     log(f"mednca serve: {len(models)} model(s) ({', '.join(models)}); open {url} (Ctrl+C stops it and "

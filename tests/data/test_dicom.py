@@ -178,3 +178,42 @@ def test_compressed_pixels_without_a_decoder_name_the_package(tmp_path):
         ds.save_as(tmp_path / f"im{k}.dcm")
     with pytest.raises(MissingDependencyError, match="compressed .* install one, e.g. pip install pylibjpeg"):
         read_dicom_series(tmp_path)
+
+
+@pytest.mark.parametrize("keyword, value, message", [
+    ("ImageOrientationPatient", [1, 0, 0, 0, 2, 0], "not two unit vectors at right angles"),
+    ("PixelSpacing", [0.9, -0.8], "PixelSpacing of .* is not positive"),
+])
+def test_impossible_geometry_is_refused(tmp_path, write_dicom_series, volume, keyword, value, message):
+    folder = write_dicom_series(tmp_path / "s", volume, AFFINE)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        setattr(ds, keyword, value)
+        ds.save_as(f)
+    with pytest.raises(DataError, match=message):
+        read_dicom_series(folder)
+
+
+def test_a_damaged_zip_member_is_a_one_line_error(tmp_path, write_dicom_series, volume):
+    folder = write_dicom_series(tmp_path / "s", volume, AFFINE)
+    archive = tmp_path / "s.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()):
+            z.write(f, f.name)
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"IM0000") + len("IM0000") + 40  # inside the first member's compressed data
+    data[start:start + 64] = bytes(64)
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="cannot read s.zip:IM0000"):
+        read_dicom_series(archive)
+
+
+def test_positions_rounded_to_a_hundredth_of_a_mm_are_even(tmp_path, write_dicom_series, volume):
+    thin = AFFINE.copy()
+    thin[2, 2] = 0.625  # stored positions 0.0, 0.62 (0.625), 1.25, 1.88 (1.875), ...
+    folder = write_dicom_series(tmp_path / "s", volume, thin)
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [round(float(v), 2) for v in ds.ImagePositionPatient]
+        ds.save_as(f)
+    assert read_dicom_series(folder).affine[2, 2] == pytest.approx(0.625, abs=0.01)

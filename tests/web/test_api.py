@@ -32,7 +32,8 @@ def served():
 
 @pytest.fixture
 def client(served, tmp_path):
-    with TestClient(create_app(served, max_upload_mb=1, keep_minutes=60, root=tmp_path / "jobs")) as c:
+    app = create_app(served, max_upload_mb=1, keep_minutes=60, root=tmp_path / "jobs", hosts=("testserver",))
+    with TestClient(app) as c:
         yield c
 
 
@@ -93,7 +94,7 @@ def test_a_dicom_zip_gives_a_seg(client, tmp_path, write_dicom_series):
             z.write(f, f.name)
     response = client.post("/api/jobs", files={"file": ("study.zip", archive.getvalue())}, data={"model": "hippocampus"})
     job = wait(client, response.json()["id"])
-    assert job["status"] == "done" and job["result"]["dicom"] is True, job
+    assert job["status"] == "done" and job["result"]["dicom"] is True and job["result"]["seg"] is True, job
     seg = client.get(f"/api/jobs/{job['id']}/seg")
     assert seg.status_code == 200 and seg.content[128:132] == b"DICM"
     image = client.get(f"/api/jobs/{job['id']}/image")
@@ -146,6 +147,15 @@ def test_other_origins_are_refused(client, tmp_path):
     response = client.get("/api/models", headers={"Origin": "http://evil.example"})
     assert response.status_code == 403 and "access-control-allow-origin" not in response.headers
     assert client.get("/api/models", headers={"Origin": "http://testserver"}).status_code == 200
+    # DNS rebinding: another site's name pointed at this machine, same origin as far as the browser knows
+    rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    assert client.get("/api/models", headers=rebound).status_code == 403
+
+
+def test_uploads_without_a_size_are_refused(client):
+    response = client.post("/api/jobs", content=iter([b"--x\r\n"]),
+                           headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
 
 
 def test_jobs_wait_in_a_queue_and_old_results_are_deleted(tmp_path):

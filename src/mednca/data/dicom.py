@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ NON_IMAGE_MODALITIES = {"SEG": "segmentation", "SR": "structured report", "RTSTR
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 #: Largest total size of a ``.zip`` input's members, in bytes (refused before anything is unpacked).
 MAX_ZIP_BYTES = 4 * MAX_VOXELS
-#: Relative tolerance on slice gaps and positions (as a share of the slice spacing).
-GEOMETRY_TOLERANCE = 0.01
+#: Tolerance on slice gaps and positions: a share of the slice spacing, plus mm (positions are
+#: often stored rounded to 0.01 mm).
+GEOMETRY_TOLERANCE, GEOMETRY_TOLERANCE_MM = 0.02, 0.02
 #: LPS (DICOM) -> RAS (NIfTI).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 INSTALL = 'pip install "mednca[dicom]"'
@@ -115,24 +117,34 @@ def _members(source: Path) -> Iterator[tuple[str, Callable]]:
         if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
             raise DataError(f"{source} unpacks to more than {MAX_ZIP_BYTES >> 30} GiB; unpack it and give the folder")
         for info in infos:
-            yield info.filename, (lambda info=info: archive.open(info))
+            yield f"{source.name}:{info.filename}", (lambda info=info: archive.open(info))
     elif source.is_file():
         yield source.name, (lambda: open(source, "rb"))
     else:
         raise DataError(f"input {source} does not exist")
 
 
-def _read(opener: Callable, headers_only: bool):
+#: What reading a member of a damaged, encrypted or unusual ``.zip`` raises.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, zlib.error, OSError, EOFError)
+
+
+def _read(name: str, opener: Callable, headers_only: bool):
     """A file's dataset, or None if it is not DICOM. Files without the preamble and meta header
-    (older DICOM) are read too when they parse to an object with a SOPClassUID."""
+    (older DICOM) are read too when they parse to an object with a SOPClassUID.
+
+    Raises:
+        DataError: The file (e.g. a zip member) cannot be read at all.
+    """
     pydicom = require_pydicom()
     for force in (False, True):
-        with opener() as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's notes on odd VRs and the like, per file
-            try:
+        try:
+            with opener() as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's notes on odd VRs and the like, per file
                 ds = pydicom.dcmread(f, stop_before_pixels=headers_only, force=force)
-            except (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError):
-                continue
+        except ZIP_ERRORS as exc:
+            raise DataError(f"cannot read {name} ({type(exc).__name__}: {exc}); unpack it and give the folder") from exc
+        except Exception:  # noqa: BLE001 - not DICOM (pydicom raises many types for other files)
+            continue
         if not force or "SOPClassUID" in ds:
             return ds
     return None
@@ -142,7 +154,7 @@ def _series_of(source: Path) -> dict[str, list[tuple[str, Callable, object]]]:
     """The DICOM files of ``source`` grouped by SeriesInstanceUID: (name, opener, header)."""
     series: dict[str, list] = defaultdict(list)
     for name, opener in _members(source):
-        ds = _read(opener, headers_only=True)
+        ds = _read(name, opener, headers_only=True)
         if ds is None or str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == MEDIA_DIRECTORY:
             continue  # not DICOM (a README, a thumbnail) or a DICOMDIR index
         series[str(getattr(ds, "SeriesInstanceUID", "(no SeriesInstanceUID)"))].append((name, opener, ds))
@@ -204,7 +216,7 @@ def read_dicom_series(path: str | Path, series_uid: str | None = None) -> DicomV
     uid, files = _choose(source, _series_of(source), series_uid)
     headers = [h for _, _, h in files]
     order, affine = _geometry(headers, source)
-    datasets = [_read(files[i][1], headers_only=False) for i in order]
+    datasets = [_read(files[i][0], files[i][1], headers_only=False) for i in order]
     data = np.stack([_pixels(ds, files[i][0]) for ds, i in zip(datasets, order)])  # (Z, rows, columns)
     return DicomVolume(np.ascontiguousarray(data.transpose(2, 1, 0)), affine, datasets, uid,
                        str(getattr(headers[0], "SeriesDescription", "")), source)
@@ -229,15 +241,24 @@ def _geometry(headers: list, source: Path) -> tuple[list[int], np.ndarray]:
                         "file (convert it, e.g. with dcm2niix, and give the NIfTI)")
     if len(headers) < 2:
         raise DataError(f"{source} holds a single DICOM image; give the folder (or .zip) of the whole series")
-    if len({(int(h.Rows), int(h.Columns)) for h in headers}) > 1:
+    try:
+        sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DataError(f"some images of {source} have no valid Rows / Columns") from exc
+    if len(sizes) > 1:
         raise DataError(f"the images of {source} differ in size; is it one series?")
     orient = [_vector(h, "ImageOrientationPatient", 6, source) for h in headers]
     if np.abs(np.asarray(orient) - orient[0]).max() > 1e-4:
         raise DataError(f"the images of {source} are not parallel (ImageOrientationPatient differs): "
                         "a localizer or a multi-plane series cannot be read as one volume")
     row, col = orient[0][:3], orient[0][3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise DataError(f"the ImageOrientationPatient of {source} is not two unit vectors at right angles")
     normal = np.cross(row, col)
     spacing = _vector(headers[0], "PixelSpacing", 2, source)  # (between rows, between columns)
+    spacings = np.asarray([_vector(h, "PixelSpacing", 2, source) for h in headers])
+    if spacing.min() <= 0 or np.abs(spacings - spacing).max() > 1e-4:
+        raise DataError(f"the PixelSpacing of {source} is not positive or differs between images")
     positions = np.asarray([_vector(h, "ImagePositionPatient", 3, source) for h in headers])
     order = [int(i) for i in np.argsort(positions @ normal, kind="stable")]
     positions = positions[order]
@@ -256,12 +277,13 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, source: Path) -> np.n
     if gaps.min() < GEOMETRY_TOLERANCE * max(spacing, 1e-3):
         raise DataError(f"{source} has several images at the same position (several echoes, phases or "
                         "acquisitions in one series?); split them into separate series")
-    if np.abs(gaps - spacing).max() > GEOMETRY_TOLERANCE * spacing + 1e-3:
+    tolerance = GEOMETRY_TOLERANCE * spacing + GEOMETRY_TOLERANCE_MM
+    if np.abs(gaps - spacing).max() > tolerance:
         raise DataError(f"{source} has uneven slice spacing (gaps of {gaps.min():.3g} to {gaps.max():.3g} mm): "
                         "missing slices or a stack of several acquisitions")
     step = (positions[-1] - positions[0]) / (len(positions) - 1)
     offsets = positions - positions[0] - np.outer(np.arange(len(positions)), step)
-    if np.abs(offsets).max() > GEOMETRY_TOLERANCE * spacing + 1e-3 or abs(step @ normal) < 0.999 * np.linalg.norm(step):
+    if np.abs(offsets).max() > tolerance or abs(step @ normal) < 0.999 * np.linalg.norm(step):
         raise DataError(f"the slices of {source} are not stacked along their normal (gantry tilt or a "
                         "sheared stack); resample the series first")
     return step

@@ -27,11 +27,17 @@ STATIC = Path(str(resources.files("mednca") / "web" / "static"))
 CHUNK = 1 << 20
 
 
+#: Host names the app answers to by default (anything else, e.g. a DNS-rebinding site's name, is refused).
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
 def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, keep_minutes: float = 60,
-               seed: int = 0, root: Path | None = None):
+               seed: int = 0, root: Path | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS):
     """The app serving ``models`` (see :func:`mednca.web.models.load_served`).
 
     Args:
+        hosts: Host names (the Host header, without port) the app answers to; None for any
+            (when it listens on every interface).
         max_upload_mb: Largest upload accepted, in MB (10^6 bytes).
         keep_minutes: How long a finished job's files are kept.
         seed: Seed of the fire masks of every job (masks equal ``mednca predict --seed``'s).
@@ -55,10 +61,19 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, ke
     app.state.jobs = jobs
 
     @app.middleware("http")
-    async def same_origin_only(request: Request, call_next):
+    async def guard(request: Request, call_next):
+        """Before any body is read: refuse other origins, unknown host names and large uploads."""
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
             return JSONResponse({"detail": "requests from other web sites are not allowed"}, status_code=403)
+        if hosts is not None and request.url.hostname not in {h.strip("[]") for h in hosts}:
+            return JSONResponse({"detail": f"this app answers to {', '.join(hosts)} only"}, status_code=403)
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"detail": "uploads must state their size (Content-Length)"}, status_code=411)
+            if int(length) > limit + CHUNK:  # the form's other fields and boundaries take a little
+                return JSONResponse({"detail": _too_large(max_upload_mb)}, status_code=413)
         return await call_next(request)
 
     @app.get("/", include_in_schema=False)
@@ -72,16 +87,19 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, ke
         return [m.summary() for m in models.values()]
 
     @app.post("/api/jobs")
-    async def submit(request: Request, file: UploadFile = File(...), model: str = Form(...)) -> dict:
-        if int(request.headers.get("content-length") or 0) > limit + CHUNK:
-            raise HTTPException(413, _too_large(max_upload_mb))
+    async def submit(file: UploadFile = File(...), model: str = Form(...)) -> dict:
         if model not in models:
             raise HTTPException(400, f"unknown model {model!r}; choose one of: {', '.join(models)}")
         suffix = upload_suffix(file.filename or "")
         if suffix is None:
             raise HTTPException(400, "upload a NIfTI scan (.nii or .nii.gz) or a .zip of one DICOM series")
         job = jobs.new_job(model, _display_name(file.filename or ""), suffix)
-        if not await _save(file, job.upload, limit):
+        try:
+            saved = await _save(file, job.upload, limit)
+        except OSError as exc:
+            jobs.discard(job)
+            raise HTTPException(507, f"the upload could not be stored on the server ({exc.strerror})") from exc
+        if not saved:
             jobs.discard(job)
             raise HTTPException(413, _too_large(max_upload_mb))
         jobs.submit(job)

@@ -71,6 +71,7 @@ class JobQueue:
         self.jobs: dict[str, Job] = {}
         self._waiting: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="mednca-jobs", daemon=True)
         self._worker.start()
 
@@ -127,7 +128,7 @@ class JobQueue:
             except queue.Empty:
                 self.sweep()
                 continue
-            if job_id is None:
+            if job_id is None or self._stopping:
                 return
             job = self.jobs.get(job_id)
             if job is not None:
@@ -137,16 +138,26 @@ class JobQueue:
         job.status, job.stage = "running", "starting"
         try:
             job.report = self.runner(job)
-            job.status, job.stage, job.progress = "done", "done", 1.0
+            job.stage, job.progress = "done", 1.0
+            job.status = "done"
         except MedNCAError as exc:  # a bad scan: the CLI's one-line message, about the user's file
-            job.status, job.error = "failed", one_line(str(exc).replace(str(job.upload), job.filename))
+            self._fail(job, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug: say so on the page, keep serving
             traceback.print_exc()  # the server's console keeps the traceback
-            job.status, job.error = "failed", f"internal error ({type(exc).__name__}: {exc}); please report it"
+            self._fail(job, f"internal error ({type(exc).__name__}: {exc}); please report it")
         job.finished = time.time()
 
+    @staticmethod
+    def _fail(job: Job, message: str) -> None:
+        """End a job with ``message``, on one line and naming the user's file, not the server's paths."""
+        message = message.replace(str(job.upload), job.filename).replace(str(job.folder), "")
+        job.error = one_line(message)  # before the status: a poll never sees a failure without its message
+        job.status = "failed"
+
     def close(self) -> None:
-        """Stop the worker (after the running job) and delete every job folder and the root."""
+        """Stop the worker (after the running job; queued jobs are not run) and delete every job
+        folder and the root."""
+        self._stopping = True
         self._waiting.put(None)
         self._worker.join(timeout=60.0)
         shutil.rmtree(self.root, ignore_errors=True)

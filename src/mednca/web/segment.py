@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..data.dicomseg import write_dicom_seg
 from ..data.volumes import read_image
+from ..errors import DataError
 from ..formats import write_json
 from ..pipeline.metrics import volume_ml
 from ..pipeline.predict import Prediction, predict_oriented, result_report, write_like
@@ -61,11 +62,16 @@ def segment_upload(served: ServedModel, upload: Path, folder: Path, seed: int = 
     mask = pred.mask
     write_like(mask, volume, folder / FILES["mask"])
     write_like(pred.std, volume, folder / FILES["uncertainty"])
+    report = {"model": served.name, "dicom": dicom, "seg": False}
     if dicom:
         write_like(volume.data, volume, folder / FILES["image"])
-        write_dicom_seg(mask, series, folder / FILES["seg"], structure=served.structure, model_name=served.name,
-                        model_version=served.version, software_version=__version__)
-    report = {"model": served.name, "dicom": dicom, **_report(served, pred, mask, volume, seed)}
+        try:
+            write_dicom_seg(mask, series, folder / FILES["seg"], structure=served.structure, model_name=served.name,
+                            model_version=served.version, software_version=__version__)
+            report["seg"] = True
+        except DataError as exc:  # the mask stands; only the SEG cannot be made from this series
+            report["seg_error"] = str(exc).split("; write the mask as NIfTI")[0]
+    report.update(_report(served, pred, mask, volume, seed))
     write_json(folder / FILES["report"], report)
     return report
 

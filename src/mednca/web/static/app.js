@@ -2,7 +2,12 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, models: [], nv: null, jobId: null };
+const state = { file: null, models: [], nv: null, jobId: null, running: false };
+
+function idle() {
+  state.running = false;
+  $("segment").disabled = !state.file;
+}
 
 function showError(text) {
   $("error").textContent = text;
@@ -39,7 +44,7 @@ function describeModel() {
 function chooseFile(file) {
   state.file = file || null;
   $("file-label").textContent = file ? file.name : "Choose or drop a scan";
-  $("segment").disabled = !file;
+  $("segment").disabled = !file || state.running;
   showError("");
 }
 
@@ -47,16 +52,25 @@ async function segment() {
   if (!state.file) return;
   showError("");
   $("result").hidden = true;
+  state.running = true;
   $("segment").disabled = true;
   const form = new FormData();
   form.append("file", state.file, state.file.name);
   form.append("model", $("model").value);
   $("status").textContent = "uploading...";
-  const response = await fetch("/api/jobs", { method: "POST", body: form });
+  let response;
+  try {
+    response = await fetch("/api/jobs", { method: "POST", body: form });
+  } catch (e) {
+    showError(`the upload failed: is mednca serve still running? (${e.message})`);
+    $("status").textContent = "";
+    idle();
+    return;
+  }
   if (!response.ok) {
     showError(await apiError(response));
     $("status").textContent = "";
-    $("segment").disabled = false;
+    idle();
     return;
   }
   state.jobId = (await response.json()).id;
@@ -64,8 +78,16 @@ async function segment() {
 }
 
 async function follow(id) {
-  const response = await fetch(`/api/jobs/${id}`);
-  if (!response.ok) { showError(await apiError(response)); $("segment").disabled = false; return; }
+  if (id !== state.jobId) return;  // a newer job replaced this one
+  let response;
+  try {
+    response = await fetch(`/api/jobs/${id}`);
+  } catch (e) {
+    setTimeout(() => follow(id), 2000);  // the server may be busy or restarting: keep asking
+    return;
+  }
+  if (id !== state.jobId) return;
+  if (!response.ok) { showError(await apiError(response)); idle(); return; }
   const job = await response.json();
   $("progress").hidden = job.status === "done" || job.status === "failed";
   $("progress").value = job.progress;
@@ -77,13 +99,13 @@ async function follow(id) {
   if (job.status === "failed") {
     $("status").textContent = "";
     showError(job.error);
-    $("segment").disabled = false;
+    idle();
     return;
   }
   if (job.status === "done") {
     $("status").textContent = `done: ${job.filename} with ${job.model}`;
     await showResult(id, job.result);
-    $("segment").disabled = false;
+    idle();
     return;
   }
   setTimeout(() => follow(id), 400);
@@ -101,7 +123,7 @@ function showBadge(result) {
     badge.className = "badge fine";
     badge.textContent = "looks fine";
   }
-  $("reason").textContent = result.reason || "";
+  $("reason").textContent = (result.reason || "") + (result.seg_error ? ` (no DICOM SEG: ${result.seg_error})` : "");
   $("volume").textContent = result.volume_ml.toFixed(2);
   $("quality").textContent = result.quality === null ? "n/a" : result.quality.toPrecision(3);
 }
@@ -112,7 +134,7 @@ async function showResult(id, result) {
   $("download-mask").href = `${base}/mask`;
   $("download-report").href = `${base}/report`;
   $("download-seg").href = `${base}/seg`;
-  $("download-seg").hidden = !result.dicom;
+  $("download-seg").hidden = !result.seg;
   $("result").hidden = false;
   if (!state.nv) {
     state.nv = new niivue.Niivue({ show3Dcrosshair: true, backColor: [0, 0, 0, 1], crosshairColor: [0.2, 0.9, 0.3, 1] });
