@@ -200,3 +200,12 @@ def test_checkpoints_are_served_beside_the_shipped_models(tmp_path, train_tiny):
         load_served([str(run), str(tmp_path / "elsewhere" / "run")])
     with pytest.raises(MedNCAError):
         load_served([str(tmp_path / "missing.safetensors")])
+
+
+def test_the_page_and_its_viewer_come_from_the_package(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/niivue.umd.js" in page.text and "not a medical device" in page.text
+    script = client.get("/static/niivue.umd.js")  # stored gzip-compressed, decoded by the client
+    assert script.status_code == 200 and script.headers["content-encoding"] == "gzip"
+    assert script.text.startswith("(function(") and "Niivue" in script.text
+    assert client.get("/static/app.js").status_code == 200

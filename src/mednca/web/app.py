@@ -80,6 +80,12 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, ke
     def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/static/niivue.umd.js", include_in_schema=False)
+    def viewer_script():
+        """The vendored NiiVue build, stored gzip-compressed in the package and sent as it is."""
+        return FileResponse(STATIC / "niivue.umd.js.gz", media_type="text/javascript",
+                            headers={"Content-Encoding": "gzip"})
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/models")
