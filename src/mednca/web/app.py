@@ -60,21 +60,7 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, ke
     app = FastAPI(title="mednca", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Before any body is read: refuse other origins, unknown host names and large uploads."""
-        origin = request.headers.get("origin")
-        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
-            return JSONResponse({"detail": "requests from other web sites are not allowed"}, status_code=403)
-        if hosts is not None and request.url.hostname not in {h.strip("[]") for h in hosts}:
-            return JSONResponse({"detail": f"this app answers to {', '.join(hosts)} only"}, status_code=403)
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return JSONResponse({"detail": "uploads must state their size (Content-Length)"}, status_code=411)
-            if int(length) > limit + CHUNK:  # the form's other fields and boundaries take a little
-                return JSONResponse({"detail": _too_large(max_upload_mb)}, status_code=413)
-        return await call_next(request)
+    app.middleware("http")(_guard(hosts, limit, max_upload_mb))
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -134,6 +120,28 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, ke
         return FileResponse(path, filename=name)
 
     return app
+
+
+def _guard(hosts: tuple[str, ...] | None, limit: int, max_upload_mb: float):
+    """The app's middleware: before any body is read, refuse other origins, host names other than
+    ``hosts`` and uploads without a size or above ``limit`` bytes."""
+    names = None if hosts is None else {h.strip("[]") for h in hosts}
+
+    async def guard(request: Request, call_next):
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return JSONResponse({"detail": "requests from other web sites are not allowed"}, status_code=403)
+        if names is not None and request.url.hostname not in names:
+            return JSONResponse({"detail": f"this app answers to {', '.join(hosts)} only"}, status_code=403)
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"detail": "uploads must state their size (Content-Length)"}, status_code=411)
+            if int(length) > limit + CHUNK:  # the form's other fields and boundaries take a little
+                return JSONResponse({"detail": _too_large(max_upload_mb)}, status_code=413)
+        return await call_next(request)
+
+    return guard
 
 
 def _too_large(max_upload_mb: float) -> str:
