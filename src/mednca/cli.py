@@ -233,18 +233,9 @@ def _shipped_review(args: argparse.Namespace):
 
 def _predict_dicom(args: argparse.Namespace, model, source: Path, review) -> list[Path]:
     """Segment the DICOM series ``source`` with predict's arguments; the SEG names the model."""
-    from .data.dicomseg import STRUCTURES
-    from .nn.shipped import is_shipped, model_card, sha256_of
-    from .pipeline.predict_dicom import predict_dicom
+    from .pipeline.predict_dicom import model_identity, predict_dicom
 
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists() and is_shipped(args.checkpoint):
-        card = model_card(args.checkpoint)
-        name, version, structure = card["name"], card["sha256"][:12], card["structure"]
-    else:
-        weights = checkpoint / "checkpoints" / "best.safetensors" if checkpoint.is_dir() else checkpoint
-        name, version = checkpoint.name, sha256_of(weights)[:12] if weights.is_file() else ""
-        structure = next((s for s in STRUCTURES if s in model.config.name), None)
+    name, version, structure = model_identity(args.checkpoint, model)
     return predict_dicom(model, source, args.output, series=args.series, ensemble=args.ensemble, seed=args.seed,
                          overwrite=args.overwrite, review=review, model_name=name, model_version=version,
                          structure=structure, log=log)

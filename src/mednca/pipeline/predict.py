@@ -206,15 +206,19 @@ def predict_case(model: SegmentationModel | SliceRuntime, image: str | Path, cha
     return pred, report
 
 
-def result_report(pred: Prediction, mask: np.ndarray, volume: Volume, review: ReviewRule, ensemble: int,
+def result_report(pred: Prediction, mask: np.ndarray, volume: Volume, review: ReviewRule | None, ensemble: int,
                   seed: int) -> dict:
     """What a user needs to judge one result: the mask's volume (mL), the quality score of the
-    ``ensemble`` passes and whether the result needs a second look (see :class:`ReviewRule`)."""
+    ``ensemble`` passes and whether the result needs a second look (see :class:`ReviewRule`;
+    ``review`` None: no calibrated threshold, ``"review": None``)."""
     quality = quality_score(pred.probability, pred.std) if ensemble > 1 else float("nan")
-    flagged, reason = review.assess(quality, int(mask.sum()))
+    if review is None:
+        flagged, reason = None, "this model has no calibrated review threshold"
+    else:
+        flagged, reason = review.assess(quality, int(mask.sum()))
     return {"volume_ml": round(volume_ml(mask, volume.spacing), 4), "quality": quality, "ensemble": ensemble,
-            "seed": seed, "review": flagged, "reason": reason, "review_threshold": review.threshold,
-            "quality_definition": QUALITY_DEFINITION}
+            "seed": seed, "review": flagged, "reason": reason,
+            "review_threshold": None if review is None else review.threshold, "quality_definition": QUALITY_DEFINITION}
 
 
 def report_line(name: str, report: dict) -> str:

@@ -14,14 +14,29 @@ from typing import Callable
 
 from ..data.cases import strip_nifti
 from ..data.dicom import DicomVolume, read_dicom_series
-from ..data.dicomseg import write_dicom_seg
+from ..data.dicomseg import STRUCTURES, write_dicom_seg
 from ..errors import DataError, OutputExistsError
 from ..formats import write_json
 from ..fsutil import check_output
 from ..version import __version__
 from ..nn.base import SegmentationModel
+from ..nn.shipped import is_shipped, model_card, sha256_of
 from .predict import Prediction, SliceRuntime, predict_oriented, report_line, result_report, write_like
 from .quality import ReviewRule
+
+
+def model_identity(source: str | Path, model: SegmentationModel | SliceRuntime) -> tuple[str, str, str | None]:
+    """(name, version, structure) a DICOM SEG records for the model loaded from ``source``: a
+    shipped model's card (version = its weights' sha256, 12 hex digits), or a checkpoint file or
+    run folder (its name, its weights' sha256, a structure named in its config's name, if any)."""
+    path = Path(source)
+    if not path.exists() and is_shipped(str(source)):
+        card = model_card(str(source))
+        return card["name"], card["sha256"][:12], card["structure"]
+    weights = path / "checkpoints" / "best.safetensors" if path.is_dir() else path
+    version = sha256_of(weights)[:12] if weights.is_file() else ""
+    structure = next((s for s in STRUCTURES if s in model.config.name), None)
+    return (path.name if path.is_dir() else path.stem), version, structure
 
 
 def dicom_targets(output: Path, ensemble: int, review: bool) -> list[Path]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import MedNCAError
 from ..nn.base import SegmentationModel
 from ..nn.build import load_model
-from ..nn.shipped import is_shipped, model_card, sha256_of, shipped_names
+from ..nn.shipped import is_shipped, model_card, shipped_names
+from ..pipeline.predict_dicom import model_identity
 from ..pipeline.quality import ReviewRule
 
 #: Stochastic passes for a checkpoint without a model card (enough for an uncertainty map).
@@ -59,10 +60,8 @@ def _shipped(name: str) -> ServedModel:
 def _checkpoint(spec: str) -> ServedModel:
     path = Path(spec)
     model = load_model(path)
-    weights = path / "checkpoints" / "best.safetensors" if path.is_dir() else path
-    name = path.name if path.is_dir() else path.stem
-    structure = next((s for s in ("hippocampus", "prostate") if s in model.config.name), None)
-    return ServedModel(name, model, DEFAULT_ENSEMBLE, None, structure, sha256_of(weights)[:12],
+    name, version, structure = model_identity(path, model)
+    return ServedModel(name, model, DEFAULT_ENSEMBLE, None, structure, version,
                        f"checkpoint {path} (config {model.config.name}); no review threshold")
 
 

@@ -4,7 +4,6 @@ and a report written into the job's folder under fixed names."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -12,10 +11,8 @@ from ..data.dicomseg import write_dicom_seg
 from ..data.volumes import read_image
 from ..errors import DataError
 from ..formats import write_json
-from ..pipeline.metrics import volume_ml
-from ..pipeline.predict import Prediction, predict_oriented, result_report, write_like
+from ..pipeline.predict import predict_oriented, result_report, write_like
 from ..pipeline.predict_dicom import segment_dicom
-from ..pipeline.quality import quality_score
 from ..version import __version__
 from .models import ServedModel
 
@@ -71,14 +68,7 @@ def segment_upload(served: ServedModel, upload: Path, folder: Path, seed: int = 
             report["seg"] = True
         except DataError as exc:  # the mask stands; only the SEG cannot be made from this series
             report["seg_error"] = str(exc).split("; write the mask as NIfTI")[0]
-    report.update(_report(served, pred, mask, volume, seed))
+    report.update(result_report(pred, mask, volume, served.review, served.ensemble, seed))
     write_json(folder / FILES["report"], report)
     return report
 
-
-def _report(served: ServedModel, pred: Prediction, mask, volume, seed: int) -> dict:
-    if served.review is not None:
-        return result_report(pred, mask, volume, served.review, served.ensemble, seed)
-    quality = quality_score(pred.probability, pred.std) if served.ensemble > 1 else math.nan
-    return {"volume_ml": round(volume_ml(mask, volume.spacing), 4), "quality": quality, "ensemble": served.ensemble,
-            "seed": seed, "review": None, "reason": "this model has no calibrated review threshold"}
