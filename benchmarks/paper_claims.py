@@ -45,6 +45,8 @@ from mednca.runtime import retain_freed_memory
 from mednca.pipeline.train import train
 
 MODELS = ("mednca", "unet", "unet-small")
+#: Unit of HD95 per task (PROMISE12 as shared has no voxel spacing: identity affines).
+HD95_UNIT = {"hippocampus": "mm", "prostate": "voxels"}
 #: Slack when deciding whether an existing run already trained for the budget (s).
 BUDGET_SLACK_S = 30.0
 
@@ -233,7 +235,7 @@ def main() -> None:
           f"Command: `python benchmarks/paper_claims.py {' '.join(sys.argv[1:])}`; "
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores. Test split: "
           f"{evals[args.models[0]]['k1']['summary']['dice']['n']} cases.", "",
-          "| model | parameters | ÷ unet | test Dice (1 pass) | HD95 (mm) | "
+          f"| model | parameters | ÷ unet | test Dice (1 pass) | HD95 ({HD95_UNIT.get(args.task, 'mm')}) | "
           f"Dice ({args.ensemble}-pass mean) | checkpoint | ms / volume | peak RSS (MB) |",
           "|---|---|---|---|---|---|---|---|---|"]
     for m in args.models:

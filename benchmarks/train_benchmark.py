@@ -7,7 +7,9 @@ Reads ../shared/data in place (never copies it). The run goes to
 benchmarks/out/<task>-<preset>-s<seed>[-tag]/. With ``--eval-at 10 30`` the run trains to
 10 minutes, its best checkpoint (by validation Dice) is evaluated on the test split, then it
 resumes to 30 minutes of training and is evaluated again: evaluation time is not training time.
-One JSON line per evaluation is printed and appended to benchmarks/out/train_results.jsonl.
+One JSON line per evaluation is printed and appended to benchmarks/out/train_results.jsonl,
+with the updates per minute and the process's peak resident memory so far (training and
+evaluation, ``peak_rss_mb``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -90,10 +93,12 @@ def main() -> None:
             row = {"task": args.task, "preset": preset, "seed": args.seed, "overrides": args.set,
                    "budget_min": minutes, "train_min": round(result.elapsed_s / 60, 2),
                    "epochs": result.epochs_done, "batches": result.batches_done,
+                   "batches_per_min": round(result.batches_done / max(result.elapsed_s / 60, 1e-9), 1),
                    "best_val_dice": round(result.best_val_dice, 4), "ensemble": k,
                    "test_dice_mean": round(d["mean"], 4), "test_dice_std": round(d["std"], 4),
                    "test_cases": d["n"], "test_hd95_mm": round(results["summary"]["hd95_mm"]["mean"], 3),
                    "eval_s": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
+                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                    "cpu": platform.processor() or platform.machine(), "load_avg": os.getloadavg()[0],
                    "run": str(out.relative_to(HERE.parent))}
             print(json.dumps(row), flush=True)
