@@ -178,3 +178,23 @@ def test_parameter_count_of_paper_32_channel_config():
     model = MedNCA(MedNCAConfig.preset("paper-prostate"))
     assert model.config.channels == c and model.config.hidden == h
     assert model.num_parameters() == 2 * per_level == 70_016
+
+
+def test_coarse_loss_adds_level1_logits_and_pooled_labels(tiny_config, randomise):
+    plain = randomise(MedNCA(tiny_config), scale=0.2)
+    coarse = MedNCA(tiny_config.replace(coarse_loss=0.5))
+    coarse.load_state_dict(plain.state_dict())
+    images = _images(3)
+    labels = (images > 0.5).float()
+    logits_p, labels_p, logits_1, labels_1 = coarse(images, labels, generator=_gen(3))
+    s = tiny_config.scale
+    assert logits_1.shape == labels_1.shape == (3, 1, 16 // s, 16 // s)
+    assert torch.allclose(labels_1, torch.nn.functional.avg_pool2d(labels, s))
+    with torch.no_grad():  # level 1's own segmentation channel, from the same randomness
+        assert torch.allclose(logits_1, coarse.level1_state(images, _gen(3))[:, 1:2], atol=1e-6)
+    # the patch path draws the same randomness as without the option
+    same_p, same_labels = plain(images, labels, generator=_gen(3))
+    assert torch.equal(labels_p, same_labels) and torch.allclose(logits_p, same_p)
+    logits_1.sum().backward()  # the coarse term trains level 1 only
+    assert coarse.level1.parameters().__next__().grad is not None
+    assert all(p.grad is None for p in coarse.level2.parameters())

@@ -135,3 +135,15 @@ def test_augment_changes_the_run(tmp_path, synthetic_task, tiny_config):
     plain = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
     aug = load_file(str(tmp_path / "aug" / "checkpoints" / "last.safetensors"))
     assert not _same(plain, aug)
+
+
+def test_coarse_loss_changes_the_run_and_resumes_exactly(tmp_path, synthetic_task, tiny_config):
+    config = tiny_config.replace(coarse_loss=1.0)
+    train(synthetic_task, tmp_path / "plain", tiny_config, seed=0, epochs=2, **_quiet())
+    train(synthetic_task, tmp_path / "coarse", config, seed=0, epochs=2, **_quiet())
+    plain = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
+    coarse = load_file(str(tmp_path / "coarse" / "checkpoints" / "last.safetensors"))
+    assert not _same(plain, coarse)
+    train(synthetic_task, tmp_path / "resumed", config, seed=0, epochs=1, **_quiet())
+    train(synthetic_task, tmp_path / "resumed", None, resume=True, epochs=2, **_quiet())
+    assert _same(coarse, load_file(str(tmp_path / "resumed" / "checkpoints" / "last.safetensors")))

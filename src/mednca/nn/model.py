@@ -146,7 +146,7 @@ class MedNCA(SegmentationModel):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, images: Tensor, labels: Tensor | None = None, *,
-                generator: torch.Generator | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                generator: torch.Generator | None = None) -> Tensor | tuple[Tensor, ...]:
         """Segment images.
 
         Args:
@@ -157,7 +157,9 @@ class MedNCA(SegmentationModel):
 
         Returns:
             (B, 1, H, W) logits of the whole image, or with ``labels`` a tuple
-            ``(logits_p, labels_p)`` of (B, 1, P, P) patch logits and the same patch of labels.
+            ``(logits_p, labels_p)`` of (B, 1, P, P) patch logits and the same patch of labels,
+            followed, when ``config.coarse_loss > 0``, by level 1's (B, 1, H/s, W/s) logits and
+            the labels average-pooled to that grid (fractions in [0, 1]).
         """
         self._check(images)
         c = self.config
@@ -172,6 +174,8 @@ class MedNCA(SegmentationModel):
         state_p = self.patch_state(small, images, origins)  # (B, C, P, P)
         labels_p = self.crop(labels, origins, p)  # (B, 1, P, P)
         logits_p = self.level2(state_p, self.config.level_steps(2), generator, self.config.grad_checkpoint)[:, 1:2]
+        if c.coarse_loss > 0:
+            return logits_p, labels_p, small[:, 1:2], F.avg_pool2d(labels, c.scale)
         return logits_p, labels_p
 
     @torch.no_grad()

@@ -359,8 +359,10 @@ class Trainer:
         if self.device is not None:
             images, labels = images.to(self.device), labels.to(self.device)
         images, labels = augment_batch(images, labels, config.augment, self.generator)
-        logits, target = self.net(images, labels, generator=self.generator)
+        logits, target, *coarse = self.net(images, labels, generator=self.generator)
         loss = dice_bce_loss(logits, target)
+        if coarse:  # level 1's own segmentation over its whole grid (config.coarse_loss)
+            loss = loss + config.coarse_loss * dice_bce_loss(*coarse)
         self.optimizer.zero_grad(set_to_none=True)
         finite = D.all_true(bool(torch.isfinite(loss)))  # every rank does backward (DDP) or none does
         if finite:
