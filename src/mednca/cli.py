@@ -382,6 +382,9 @@ def add_serve(sub) -> None:
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--max-upload-mb", type=argtypes.positive_float, default=512,
                    help="largest upload accepted, in MB (default 512)")
+    p.add_argument("--max-voxels", type=argtypes.positive_int,
+                   help="largest scan segmented, in voxels (default 512³ = 134,217,728); a larger one "
+                        "fails with a message before it is read")
     p.add_argument("--keep-minutes", type=argtypes.positive_float, default=60,
                    help="how long a result's files are kept after it is done (default 60)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the NCA's fire masks (default 0)")
@@ -395,13 +398,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .web.app import create_app
     except ImportError as exc:
         raise MedNCAError(f'mednca serve needs the web extra: pip install "mednca[web]" ({exc})') from exc
-    from .web.app import LOCAL_HOSTS
+    from .web.app import LOCAL_HOSTS, SERVE_MAX_VOXELS
     from .web.models import load_served
 
     models = load_served(args.model)
     hosts = None if args.host in ("0.0.0.0", "::") else tuple(dict.fromkeys([*LOCAL_HOSTS, args.host]))
     app = create_app(models, max_upload_mb=args.max_upload_mb, keep_minutes=args.keep_minutes, seed=args.seed,
-                     hosts=hosts)
+                     hosts=hosts, max_voxels=args.max_voxels or SERVE_MAX_VOXELS)
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else host}:{args.port}/"
     log(f"mednca serve: {len(models)} model(s) ({', '.join(models)}); open {url} (Ctrl+C stops it and "

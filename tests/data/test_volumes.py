@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -142,3 +143,16 @@ def test_a_volume_without_a_valid_affine_is_refused(tmp_path, affine):
     for read in (read_image, read_label):
         with pytest.raises(DataError, match="no valid voxel-to-world matrix"):
             read(path)
+
+
+def test_headers_claiming_too_many_voxels_are_refused_before_any_voxel_is_read(tmp_path):
+    small = tmp_path / "small.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(small))
+    with pytest.raises(DataError, match=r"claims 2 x 2 x 2 voxels, more than this server accepts \(7\)$"):
+        read_image(small, max_voxels=7)
+    raw = bytearray(small.read_bytes())
+    raw[40:48] = np.array([3, 2048, 2048, 512], dtype="<i2").tobytes()  # dim[0..3] of the NIfTI-1 header
+    huge = tmp_path / "huge.nii"
+    huge.write_bytes(bytes(raw))  # 2^31 voxels claimed, 8 stored
+    with pytest.raises(DataError, match=r"claims 2048 x 2048 x 512 voxels, more than mednca reads .*header right"):
+        read_image(huge)

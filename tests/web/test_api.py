@@ -113,6 +113,22 @@ def test_an_unreadable_upload_fails_with_the_clis_message(client, name, content,
     assert client.get("/api/models").status_code == 200  # still serving
 
 
+def test_scans_above_the_voxel_limit_fail_before_they_are_read(served, tmp_path, write_dicom_series):
+    app = create_app(served, max_voxels=1000, root=tmp_path / "jobs", hosts=("testserver",))
+    folder = write_dicom_series(tmp_path / "series", np.zeros((24, 32, 12), dtype=np.int64), np.eye(4))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    uploads = {"crop.nii.gz": scan_bytes(tmp_path / "crop.nii.gz"), "study.zip": archive.getvalue()}
+    with TestClient(app) as client:
+        for name, content in uploads.items():
+            response = client.post("/api/jobs", files={"file": (name, content)}, data={"model": "hippocampus"})
+            job = wait(client, response.json()["id"])
+            assert job["status"] == "failed" and "more than this server accepts (1,000)" in job["error"], job
+            assert name in job["error"] and "Traceback" not in job["error"]
+
+
 def test_bad_requests_are_refused_with_a_message(client):
     files = {"file": ("scan.png", b"png")}
     response = client.post("/api/jobs", files=files, data={"model": "hippocampus"})

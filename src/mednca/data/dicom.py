@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import DataError, MissingDependencyError
-from .volumes import MAX_VOXELS, Volume
+from .volumes import MAX_VOXELS, Volume, check_voxels
 
 #: Storage classes and modalities that hold no image to segment.
 NON_IMAGE_MODALITIES = {"SEG": "segmentation", "SR": "structured report", "RTSTRUCT": "RT structure set",
@@ -197,13 +197,15 @@ def _choose(source: Path, series: dict, series_uid: str | None) -> tuple[str, li
     return next(iter(images.items()))
 
 
-def read_dicom_series(path: str | Path, series_uid: str | None = None) -> DicomVolume:
+def read_dicom_series(path: str | Path, series_uid: str | None = None, *,
+                      max_voxels: int = MAX_VOXELS) -> DicomVolume:
     """Read one DICOM image series as a volume on its acquisition grid (see the module docs).
 
     Args:
         path: A folder holding the series (files at any depth; other files are ignored), a
             ``.zip`` of one, or a single DICOM file (refused unless it is a whole series).
         series_uid: SeriesInstanceUID to read when ``path`` holds several image series.
+        max_voxels: Refuse a series with more voxels, before its pixel data is read.
 
     Raises:
         DataError: No DICOM files, several image series and no ``series_uid``, a non-image
@@ -216,6 +218,8 @@ def read_dicom_series(path: str | Path, series_uid: str | None = None) -> DicomV
     uid, files = _choose(source, _series_of(source), series_uid)
     headers = [h for _, _, h in files]
     order, affine = _geometry(headers, source)
+    rows, columns = int(headers[0].Rows), int(headers[0].Columns)
+    check_voxels(rows * columns * len(headers), f"{columns} x {rows} x {len(headers)}", source, max_voxels)
     datasets = [_read(files[i][0], files[i][1], headers_only=False) for i in order]
     data = np.stack([_pixels(ds, files[i][0]) for ds, i in zip(datasets, order)])  # (Z, rows, columns)
     return DicomVolume(np.ascontiguousarray(data.transpose(2, 1, 0)), affine, datasets, uid,
@@ -265,8 +269,6 @@ def _geometry(headers: list, source: Path) -> tuple[list[int], np.ndarray]:
     step = _slice_step(positions, normal, source)
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = row * spacing[1], col * spacing[0], step, positions[0]
-    if int(headers[0].Rows) * int(headers[0].Columns) * len(headers) > MAX_VOXELS:
-        raise DataError(f"{source} has more voxels than mednca reads ({MAX_VOXELS:,})")
     return order, LPS_TO_RAS @ affine
 
 

@@ -38,7 +38,7 @@ class Volume:
 MAX_VOXELS = 1 << 30
 
 
-def _load(path: Path):
+def _load(path: Path, max_voxels: int = MAX_VOXELS):
     import nibabel as nib
 
     if not path.is_file():
@@ -46,9 +46,7 @@ def _load(path: Path):
     try:
         img = nib.load(str(path))
         shape = tuple(int(n) for n in img.shape)
-        if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
-            raise DataError(f"{path} claims {' x '.join(map(str, shape))} voxels, more than mednca reads "
-                            f"({MAX_VOXELS:,}); is the header right?")
+        check_voxels(int(np.prod(shape, dtype=np.float64)), ' x '.join(map(str, shape)), path, max_voxels)
         data = np.asanyarray(img.dataobj)
     except DataError:
         raise
@@ -56,6 +54,15 @@ def _load(path: Path):
         raise DataError(f"cannot read {path} as NIfTI ({type(exc).__name__}: {exc})") from exc
     check_affine(img.affine, path)
     return img, data
+
+
+def check_voxels(n: int, shape: str, path: str | Path, max_voxels: int = MAX_VOXELS) -> None:
+    """Raise :class:`DataError` if a volume of ``n`` voxels (``shape``, for the message) is
+    above ``max_voxels``: mednca's own limit, or a lower one (``mednca serve --max-voxels``)."""
+    if n > max_voxels:
+        hint = "more than mednca reads" if max_voxels >= MAX_VOXELS else "more than this server accepts"
+        raise DataError(f"{path} claims {shape} voxels, {hint} ({max_voxels:,})"
+                        + ("; is the header right?" if max_voxels >= MAX_VOXELS else ""))
 
 
 def check_affine(affine: np.ndarray, path: str | Path) -> None:
@@ -68,18 +75,20 @@ def check_affine(affine: np.ndarray, path: str | Path) -> None:
                         "invertible), so its voxel size is unknown; fix the header's qform/sform")
 
 
-def read_image(path: str | Path, channel: int | None = 0) -> Volume:
+def read_image(path: str | Path, channel: int | None = 0, *, max_voxels: int = MAX_VOXELS) -> Volume:
     """Read an image as a float32 3D volume.
 
     Args:
         path: NIfTI file.
         channel: For a 4D file, the index along the 4th axis to take (e.g. prostate T2 = 0).
+        max_voxels: Refuse a file whose header claims more voxels (over all channels), before
+            any data is read or decompressed.
 
     Raises:
         DataError: Unreadable file, not 3D/4D, channel out of range, or NaN/inf voxels.
     """
     path = Path(path)
-    img, data = _load(path)
+    img, data = _load(path, max_voxels)
     if data.ndim == 4:
         ch = 0 if channel is None else channel
         if not 0 <= ch < data.shape[3]:

@@ -15,6 +15,7 @@ from typing import Callable
 from ..data.cases import strip_nifti
 from ..data.dicom import DicomVolume, read_dicom_series
 from ..data.dicomseg import STRUCTURES, write_dicom_seg
+from ..data.volumes import MAX_VOXELS
 from ..errors import DataError, OutputExistsError
 from ..formats import write_json
 from ..fsutil import check_output
@@ -59,10 +60,11 @@ def dicom_targets(output: Path, ensemble: int, review: bool) -> list[Path]:
 
 
 def segment_dicom(model: SegmentationModel | SliceRuntime, source: str | Path, series: str | None = None,
-                  ensemble: int = 1, seed: int = 0) -> tuple[DicomVolume, Prediction]:
-    """Read one DICOM series (:func:`mednca.data.dicom.read_dicom_series`) and segment it on its
-    own grid (:func:`mednca.pipeline.predict.predict_oriented`); nothing is written."""
-    dicom = read_dicom_series(source, series)
+                  ensemble: int = 1, seed: int = 0, *, max_voxels: int = MAX_VOXELS) -> tuple[DicomVolume, Prediction]:
+    """Read one DICOM series (:func:`mednca.data.dicom.read_dicom_series`, at most ``max_voxels``)
+    and segment it on its own grid (:func:`mednca.pipeline.predict.predict_oriented`); nothing
+    is written."""
+    dicom = read_dicom_series(source, series, max_voxels=max_voxels)
     return dicom, predict_oriented(model, dicom.data, dicom.affine, ensemble, seed)
 
 

@@ -31,14 +31,21 @@ CHUNK = 1 << 20
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
+#: Largest scan ``mednca serve`` segments by default, in voxels: 512³ (0.5 GiB as float32).
+SERVE_MAX_VOXELS = 512 ** 3
+
+
 def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, keep_minutes: float = 60,
-               seed: int = 0, root: Path | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS):
+               seed: int = 0, root: Path | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS,
+               max_voxels: int = SERVE_MAX_VOXELS):
     """The app serving ``models`` (see :func:`mednca.web.models.load_served`).
 
     Args:
         hosts: Host names (the Host header, without port) the app answers to; None for any
             (when it listens on every interface).
         max_upload_mb: Largest upload accepted, in MB (10^6 bytes).
+        max_voxels: Largest scan segmented, in voxels (a small compressed upload can describe a
+            huge volume): a larger one fails its job with a one-line message before it is read.
         keep_minutes: How long a finished job's files are kept.
         seed: Seed of the fire masks of every job (masks equal ``mednca predict --seed``'s).
         root: Folder for job files (default: a temporary folder, deleted when the app stops).
@@ -47,7 +54,7 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 512, ke
         def stage(text: str, fraction: float) -> None:
             job.stage, job.progress = text, fraction
 
-        return segment_upload(models[job.model], job.upload, job.folder, seed, stage)
+        return segment_upload(models[job.model], job.upload, job.folder, seed, stage, max_voxels=max_voxels)
 
     jobs = JobQueue(run, keep_minutes, root)
     limit = int(max_upload_mb * 1e6)

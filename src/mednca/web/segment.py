@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.dicomseg import write_dicom_seg
-from ..data.volumes import read_image
+from ..data.volumes import MAX_VOXELS, read_image
 from ..errors import DataError
 from ..formats import write_json
 from ..pipeline.predict import predict_oriented, result_report, write_like
@@ -31,7 +31,8 @@ def upload_suffix(filename: str) -> str | None:
 
 
 def segment_upload(served: ServedModel, upload: Path, folder: Path, seed: int = 0,
-                   stage: Callable[[str, float], None] = lambda text, fraction: None) -> dict:
+                   stage: Callable[[str, float], None] = lambda text, fraction: None, *,
+                   max_voxels: int = MAX_VOXELS) -> dict:
     """Segment an uploaded scan and write the results into ``folder`` (names in :data:`FILES`).
 
     Args:
@@ -39,6 +40,7 @@ def segment_upload(served: ServedModel, upload: Path, folder: Path, seed: int = 
         upload: ``input.nii.gz`` / ``input.nii`` / ``input.zip`` in ``folder``.
         seed: Seed of the fire masks (the same mask as ``mednca predict ... --seed``).
         stage: Called with what is being done and the fraction done.
+        max_voxels: A larger scan is refused before its voxels are read.
 
     Returns:
         The report (also written as ``report.json``): volume_ml, quality, review, reason, ...
@@ -50,10 +52,10 @@ def segment_upload(served: ServedModel, upload: Path, folder: Path, seed: int = 
     dicom = KINDS[upload_suffix(upload.name)] == "dicom"
     stage(f"segmenting ({served.ensemble} passes)", 0.2)
     if dicom:
-        series, pred = segment_dicom(served.model, upload, None, served.ensemble, seed)
+        series, pred = segment_dicom(served.model, upload, None, served.ensemble, seed, max_voxels=max_voxels)
         volume = series.as_volume()
     else:
-        volume = read_image(upload, served.model.config.channel)
+        volume = read_image(upload, served.model.config.channel, max_voxels=max_voxels)
         pred = predict_oriented(served.model, volume.data, volume.affine, served.ensemble, seed)
     stage("writing the results", 0.9)
     mask = pred.mask
