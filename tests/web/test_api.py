@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from mednca.pipeline.predict import predict_file  # noqa: E402
 from mednca.web.app import create_app  # noqa: E402
-from mednca.web.jobs import JobQueue  # noqa: E402
+from mednca.web.jobs import GRACE_S, JobQueue  # noqa: E402
 from mednca.web.models import load_served  # noqa: E402
 
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -196,8 +196,10 @@ def test_jobs_wait_in_a_queue_and_old_results_are_deleted(tmp_path):
         time.sleep(0.01)
     assert ran == [first.id, second.id]
     assert jobs.sweep(now=time.time()) == []  # kept for a minute
-    assert sorted(jobs.sweep(now=time.time() + 61)) == sorted([first.id, second.id])
-    assert not first.folder.exists() and jobs.jobs == {}
+    swept = time.time() + 61
+    assert sorted(jobs.sweep(now=swept)) == sorted([first.id, second.id])
+    assert jobs.jobs == {} and first.folder.exists()  # a download that found the job still gets its file
+    assert jobs.sweep(now=swept + GRACE_S) == [] and not first.folder.exists() and not second.folder.exists()
     jobs.close()
     assert not (tmp_path / "jobs").exists()  # everything goes when the app stops
 

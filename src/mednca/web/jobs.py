@@ -20,6 +20,9 @@ from ..formats import json_safe, one_line
 
 #: The work of one job: (job) -> report dict; raises MedNCAError for a bad scan.
 Runner = Callable[["Job"], dict]
+#: Seconds a swept job's folder outlives its entry, so that a download which found the job just
+#: before it was swept still finds its file (instead of an error half-way).
+GRACE_S = 60.0
 
 
 @dataclass
@@ -71,6 +74,7 @@ class JobQueue:
         self.jobs: dict[str, Job] = {}
         self._waiting: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._swept: list[tuple[float, Job]] = []  # (when, job) of swept jobs whose folders remain
         self._stopping = False
         self._worker = threading.Thread(target=self._work, name="mednca-jobs", daemon=True)
         self._worker.start()
@@ -107,13 +111,17 @@ class JobQueue:
         return data
 
     def sweep(self, now: float | None = None) -> list[str]:
-        """Delete the jobs (and folders) that finished more than ``keep_minutes`` ago; their ids."""
+        """Forget the jobs that finished more than ``keep_minutes`` ago (their ids are returned)
+        and delete the folders of jobs forgotten at least :data:`GRACE_S` seconds ago."""
         now = time.time() if now is None else now
         with self._lock:
             old = [j for j in self.jobs.values() if j.finished is not None and now - j.finished > self.keep_s]
             for job in old:
                 del self.jobs[job.id]
-        for job in old:
+            self._swept += [(now, job) for job in old]
+            due = [job for when, job in self._swept if now - when >= GRACE_S]
+            self._swept = [(when, job) for when, job in self._swept if now - when < GRACE_S]
+        for job in due:
             shutil.rmtree(job.folder, ignore_errors=True)
         return [job.id for job in old]
 
