@@ -28,7 +28,7 @@ INT_RANGES: dict[str, tuple[int, int | None]] = {
     "channels": (2, 256), "hidden": (1, 4096), "steps": (1, 1024), "coarse_steps": (0, 1024), "scale": (1, 64),
     "image_size": (1, 2048), "patch_size": (1, 2048), "axis": (0, 2), "channel": (0, 1024),
     "batch_size": (1, 4096), "warmup_batches": (0, None), "epochs": (1, None), "batches_per_epoch": (0, None),
-    "val_ensemble": (1, 64),
+    "val_ensemble": (1, 64), "val_every": (1, None),
 }
 #: (minimum, maximum, minimum excluded) of every real-valued field.
 FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
@@ -118,6 +118,10 @@ class MedNCAConfig:
             with foreground when sampling a batch (1 = sample all slices uniformly).
         grad_clip: Max global gradient norm (0 = no clipping).
         val_ensemble: Stochastic passes averaged when computing validation Dice.
+        val_every: Validate (and keep the best checkpoint) after every this many epochs; the
+            last epoch of a run, the one its time budget ends, is always validated. Validation
+            is training time under a time budget: on prostate one pass over the 3 validation
+            volumes costs about a third of an epoch's batches.
         ema: Decay per batch of an exponential moving average of the weights (0 = off, as the
             paper). When on, validation and the saved checkpoints use the averaged weights
             (see :mod:`mednca.pipeline.ema`).
@@ -165,6 +169,7 @@ class MedNCAConfig:
     empty_slice_prob: float = 1.0
     grad_clip: float = 0.0
     val_ensemble: int = 1
+    val_every: int = 1
     ema: float = 0.0
     augment: float = 0.0
     coarse_loss: float = 0.0

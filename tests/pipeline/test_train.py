@@ -413,8 +413,44 @@ def test_a_model_that_never_learns_is_warned_about_and_repeated_collapses_stop(t
     _scripted_validation(monkeypatch, [(0.0, 0)] * 10)
     train(synthetic_task, tmp_path / "never", tiny_config.replace(epochs=10, batches_per_epoch=1),
           progress=False, log=said.append)
-    assert sum("no foreground predicted on validation in 10 epochs" in s for s in said) == 1
+    assert sum("no foreground predicted in 10 validations" in s for s in said) == 1
     assert not [s for s in said if s.startswith("collapse:")]  # nothing learned: nothing to go back to
     _scripted_validation(monkeypatch, [(0.5, 9)] + [(0.0, 0)] * 12)
     with pytest.raises(TrainingError, match="collapsed to predicting no foreground 4 times"):
         train(synthetic_task, tmp_path / "again", tiny_config.replace(epochs=13, batches_per_epoch=1), **_quiet())
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, synthetic_task, tiny_config, monkeypatch):
+    calls = []
+    original = train_mod.validate
+    monkeypatch.setattr(train_mod, "validate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    run = tmp_path / "run"
+    train(synthetic_task, run, tiny_config.replace(epochs=7, batches_per_epoch=1, val_every=3), **_quiet())
+    rows = _log(run)
+    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, 8)]
+    assert [e + 1 for e, r in enumerate(rows) if r["val_dice"]] == [3, 6, 7] and len(calls) == 3
+    assert all(r["best"] == "0" for r in rows if not r["val_dice"])
+
+
+@pytest.mark.parametrize("budget_s, last_epoch, partial", [(4.0, 2, False), (4.5, 3, True)])
+def test_the_epoch_a_time_budget_ends_is_validated(tmp_path, synthetic_task, tiny_config, monkeypatch,
+                                                   budget_s, last_epoch, partial):
+    """A clock that moves 1 s per batch: a budget of 4 s ends with epoch 2 (2 batches each), one
+    of 4.5 s within epoch 3 (a partial epoch); either way that epoch is validated though
+    ``val_every`` would skip it."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock["now"])
+    original = train_mod.Trainer._train_batch
+
+    def one_second(self, idx):
+        original(self, idx)
+        clock["now"] += 1.0
+
+    monkeypatch.setattr(train_mod.Trainer, "_train_batch", one_second)
+    run = tmp_path / "run"
+    result = train(synthetic_task, run, tiny_config.replace(epochs=10, batches_per_epoch=2, val_every=5),
+                   max_minutes=budget_s / 60, **_quiet())
+    rows = _log(run)
+    assert result.stopped_early and [r["epoch"] for r in rows] == [str(e) for e in range(1, last_epoch + 1)]
+    assert [r["val_dice"] != "" for r in rows] == [False] * (last_epoch - 1) + [True]
+    assert rows[-1]["batches"] == str(2 * last_epoch - partial) and result.best_val_dice >= 0

@@ -68,12 +68,13 @@ LOG_FIELDS = ("epoch", "batches", "lr", "train_loss", "val_dice", "best", "rollb
 MAX_ROLLBACKS = 20
 #: Batches between the in-memory snapshots a non-finite loss rolls back to.
 SNAPSHOT_EVERY = 50
-#: Epochs without any predicted foreground on validation (while its labels have some) after
-#: which a model that had learned counts as collapsed, and restarts from its best checkpoint.
+#: Validations (one every ``config.val_every`` epochs) without any predicted foreground (while
+#: the labels have some) after which a model that had learned counts as collapsed, and restarts
+#: from its best checkpoint.
 COLLAPSE_EPOCHS = 3
 #: Restarts after a collapse before training gives up.
 MAX_COLLAPSES = 3
-#: Epochs without any predicted foreground after which a model that never learned is warned about.
+#: Validations without any predicted foreground after which a model that never learned is warned about.
 NO_START_EPOCHS = 10
 
 
@@ -104,7 +105,7 @@ class RunState:
         epoch_loss_sum, epoch_losses, epoch_rollbacks: The current epoch's summed batch loss,
             its number of completed batches and its roll-backs, so that an epoch interrupted and
             resumed logs the same row as one that ran straight.
-        empty_epochs: Consecutive epochs without any foreground predicted on validation.
+        empty_epochs: Consecutive validations without any foreground predicted.
         collapses: Restarts from the best checkpoint after a collapse to background.
     """
 
@@ -312,7 +313,7 @@ class Trainer:
         self.t_start = time.perf_counter()
         self.snapshot = _Snapshot(self.model, self.optimizer, state.step, self.ema)
         self.rollbacks_total = 0
-        stopped_early = False
+        stopped_early = went_on = False
         stop = _StopRequest()
         self.batch_start_rng: torch.Tensor | None = None  # generator state before the batch in progress
         self.bar = None  # the current epoch's progress bar (on a terminal)
@@ -323,9 +324,13 @@ class Trainer:
                 n_batches = len(order) // config.batch_size
                 self.bar = _progress_bar(n_batches, state, config, self.progress)
                 while state.batch_in_epoch < n_batches:
-                    # rank 0's clock decides; any rank's signal stops all
+                    # rank 0's clock decides; any rank's signal stops all. At an epoch's first
+                    # batch the end of the epoch before has just decided to go on (so that the
+                    # last epoch of a run is always the validated one).
+                    decided = state.batch_in_epoch == 0 and went_on
                     time_up, stop_requested = D.any_true(
-                        time.perf_counter() - self.t_start >= budget_s and self.main, stop.requested)
+                        not decided and time.perf_counter() - self.t_start >= budget_s and self.main,
+                        stop.requested)
                     if time_up:
                         stopped_early = True
                         break
@@ -334,7 +339,11 @@ class Trainer:
                     b = state.batch_in_epoch
                     self._train_batch(order[b * config.batch_size:(b + 1) * config.batch_size])
                 self._close_bar()
-                self._end_epoch(state.batch_in_epoch >= n_batches)
+                complete = state.batch_in_epoch >= n_batches
+                if complete:  # the budget may end right here: then this epoch is the last, validated
+                    stopped_early = D.any_true(time.perf_counter() - self.t_start >= budget_s and self.main)[0]
+                self._end_epoch(complete, last=stopped_early or state.epoch + 1 >= config.epochs)
+                went_on = complete and not stopped_early
         except (KeyboardInterrupt, _AgreedStop) as exc:
             self._interrupted(agreed=isinstance(exc, _AgreedStop))
             raise KeyboardInterrupt from None
@@ -402,8 +411,9 @@ class Trainer:
                 f"learning rate scaled to x{self.state.lr_scale:g}")
         self.bar.write(text) if self.bar is not None else self.log(text)
 
-    def _end_epoch(self, complete: bool) -> None:
-        """Validate and log (if any batch ran), advance the epoch if it is complete, save.
+    def _end_epoch(self, complete: bool, last: bool) -> None:
+        """Log (if any batch ran), validate (every ``config.val_every`` epochs and at the ``last``
+        one), advance the epoch if it is complete, save.
 
         Nothing here is committed before :meth:`_save_last`: a crash in between redoes the
         epoch's end on resume, which writes the same best checkpoint and log row again.
@@ -412,34 +422,43 @@ class Trainer:
         elapsed = self.base_elapsed + time.perf_counter() - self.t_start
         if complete or state.epoch_losses:  # the same on every rank
             train_loss = D.all_reduce_mean(state.epoch_loss_sum / max(1, state.epoch_losses))
-            # rank 0 validates (the averaged weights, with ema) while the others wait for its result
-            with self._averaged() as model:
-                val, predicted = D.broadcast_object(validate(model, self.val_data, self.seed, device=self.device)
-                                                    if self.main else None)
-                improved = val > state.best or (math.isnan(val) and complete)
-                if improved:
-                    state.best = val if not math.isnan(val) else state.best
-                    if self.main:
-                        model.save(self.run_folder.best, epoch=str(state.epoch + 1), val_dice=f"{val:.6f}")
+            validated = last or (state.epoch + 1) % self.config.val_every == 0
+            val, predicted, improved = self._validate(complete) if validated else (math.nan, None, False)
             lr_now = lr_at(self.config, state.step) * state.lr_scale
             row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{lr_now:.6g}",
-                   "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}", "best": int(improved),
-                   "rollbacks": state.epoch_rollbacks, "elapsed_s": f"{elapsed:.1f}"}
+                   "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}" if validated else "",
+                   "best": int(improved), "rollbacks": state.epoch_rollbacks, "elapsed_s": f"{elapsed:.1f}"}
             if self.main:
                 _write_log_row(self.run_folder.log_file, row)
-            self.log(f"epoch {row['epoch']}{'' if complete else ' (partial)'}: loss {row['train_loss']} "
-                     f"val Dice {val:.4f}{' (best)' if improved else ''}  [{elapsed / 60:.1f} min]")
+            self.log(f"epoch {row['epoch']}{'' if complete else ' (partial)'}: loss {row['train_loss']}"
+                     + (f" val Dice {val:.4f}{' (best)' if improved else ''}" if validated else "")
+                     + f"  [{elapsed / 60:.1f} min]")
+            if complete and predicted is not None:
+                self._watch_collapse(predicted)
         if complete:
-            self._watch_collapse(predicted)
             state.epoch += 1
             state.batch_in_epoch = state.epoch_losses = state.epoch_rollbacks = 0
             state.epoch_loss_sum = 0.0
         state.elapsed_s = elapsed
         self._save_last()
 
+    def _validate(self, complete: bool) -> tuple[float, int, bool]:
+        """(validation Dice, foreground pixels predicted, whether it is the best so far): rank 0
+        validates the averaged weights (with ema) while the others wait; the best are saved."""
+        state = self.state
+        with self._averaged() as model:
+            val, predicted = D.broadcast_object(validate(model, self.val_data, self.seed, device=self.device)
+                                                if self.main else None)
+            improved = val > state.best or (math.isnan(val) and complete)
+            if improved:
+                state.best = val if not math.isnan(val) else state.best
+                if self.main:
+                    model.save(self.run_folder.best, epoch=str(state.epoch + 1), val_dice=f"{val:.6f}")
+        return val, predicted, improved
+
     def _watch_collapse(self, predicted: int) -> None:
         """A model that had learned but now predicts no foreground on any validation slice (while
-        the labels have some) for :data:`COLLAPSE_EPOCHS` epochs has collapsed to "background
+        the labels have some) for :data:`COLLAPSE_EPOCHS` validations has collapsed to "background
         everywhere": it restarts from the best checkpoint with its learning rate halved."""
         state = self.state
         if predicted > 0 or not self.val_has_foreground:
@@ -448,7 +467,7 @@ class Trainer:
         state.empty_epochs += 1
         if state.best <= 0:  # it never learned: say so once, nothing to go back to
             if state.empty_epochs == NO_START_EPOCHS:
-                self.log(f"warning: no foreground predicted on validation in {NO_START_EPOCHS} epochs; "
+                self.log(f"warning: no foreground predicted in {NO_START_EPOCHS} validations; "
                          "the run may not learn (check the labels, the normalisation, the learning rate)")
             return
         if state.empty_epochs < COLLAPSE_EPOCHS:
@@ -465,7 +484,7 @@ class Trainer:
         state.lr_scale *= 0.5
         state.empty_epochs = 0
         self.snapshot = _Snapshot(self.model, self.optimizer, state.step, self.ema)
-        self.log(f"collapse: no foreground predicted on validation for {COLLAPSE_EPOCHS} epochs while the labels "
+        self.log(f"collapse: no foreground predicted in {COLLAPSE_EPOCHS} validations while the labels "
                  f"have it; restarted from the best checkpoint (val Dice {state.best:.4f}) with the learning "
                  f"rate scaled to x{state.lr_scale:g}")
 
