@@ -21,8 +21,9 @@ def test_presets_exist_with_paper_values():
     # the fast CPU recipe keeps the paper's model and data settings
     for field in ("channels", "hidden", "steps", "scale", "fire_rate", "image_size", "patch_size", "axis"):
         assert getattr(hip, field) == getattr(paper, field), field
-    pro = MedNCAConfig.preset("prostate")  # the CPU recipe: 128² with level 1 at 32², 24 steps
-    assert (pro.image_size, pro.patch_size, pro.scale, pro.channels, pro.steps) == (128, 32, 4, 16, 24)
+    pro = MedNCAConfig.preset("prostate")  # the CPU recipe: 128² with level 1 at 32², 36 + 8 steps
+    assert (pro.image_size, pro.patch_size, pro.scale, pro.channels) == (128, 32, 4, 16)
+    assert (pro.coarse_steps, pro.steps) == (36, 8)
     assert pro.normalization == "percentile"
     assert hip.name == "hippocampus" and pro.name == "prostate"
     demo = MedNCAConfig.preset("demo")
