@@ -35,6 +35,7 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "fire_rate": (0.0, 1.0, False), "lr": (0.0, None, True), "lr_gamma": (0.0, 1.0, True),
     "fg_patch_prob": (0.0, 1.0, False), "empty_slice_prob": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
     "ema": (0.0, 1.0, False), "augment": (0.0, 1.0, False), "coarse_loss": (0.0, 100.0, False),
+    "lr_cooldown": (0.0, 1.0, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
                                        "model": MODEL_TYPES}
@@ -110,6 +111,10 @@ class MedNCAConfig:
         betas: Adam betas.
         lr_gamma: Exponential lr decay per batch (the paper: 0.9999).
         warmup_batches: Batches of linear lr warm-up (0 = none).
+        lr_cooldown: Fraction of a training session, at its end, over which the learning rate
+            falls linearly to 0 (0 = off, as the paper): of the ``train`` call's time budget
+            (``--max-minutes``), or of the run's epochs when they end first. A resumed run cools
+            down again at the end of its new budget.
         epochs: Maximum number of epochs.
         batches_per_epoch: Batches per epoch; 0 means one pass over the training slices.
         fg_patch_prob: Probability that a training patch is centred on a foreground pixel
@@ -163,6 +168,7 @@ class MedNCAConfig:
     betas: tuple[float, float] = (0.5, 0.5)
     lr_gamma: float = 0.9999
     warmup_batches: int = 0
+    lr_cooldown: float = 0.0
     epochs: int = 1000
     batches_per_epoch: int = 0
     fg_patch_prob: float = 0.0

@@ -13,6 +13,7 @@ import mednca.pipeline.train as train_mod
 from mednca.config import MedNCAConfig
 from mednca.data.slices import SliceData
 from mednca.errors import CheckpointError, DataError, OutputExistsError
+from mednca.pipeline.batches import cooldown_factor
 from mednca.pipeline.train import TrainingError, epoch_order, lr_at, train
 
 
@@ -239,6 +240,26 @@ def test_lr_at():
     no_warmup = cfg.replace(warmup_batches=0)
     assert lr_at(no_warmup, 0) == pytest.approx(1e-3)
     assert lr_at(no_warmup, 5) == pytest.approx(1e-3 * 0.9 ** 5)
+
+
+def test_cooldown_factor():
+    assert cooldown_factor(0.0, 0.99) == 1.0
+    assert cooldown_factor(0.25, 0.5) == 1.0
+    assert cooldown_factor(0.25, 0.75) == pytest.approx(1.0)
+    assert cooldown_factor(0.25, 0.875) == pytest.approx(0.5)
+    assert cooldown_factor(0.25, 1.0) == 0.0
+    assert cooldown_factor(0.25, 1.5) == 0.0
+    assert cooldown_factor(1.0, 0.0) == 1.0 and cooldown_factor(1.0, 0.5) == pytest.approx(0.5)
+
+
+def test_lr_cooldown_lowers_the_last_epochs_learning_rate(tmp_path, synthetic_task, tiny_config):
+    cfg = tiny_config.replace(epochs=4, lr_gamma=1.0, lr_cooldown=0.5)
+    lrs = [float(row["lr"]) for row in _log(train(synthetic_task, tmp_path / "cool", cfg, **_quiet()).run_dir)]
+    plain = [float(row["lr"]) for row in _log(train(synthetic_task, tmp_path / "plain",
+                                                    cfg.replace(lr_cooldown=0.0), **_quiet()).run_dir)]
+    assert plain == [cfg.lr] * 4
+    # The log shows the last batch's rate: epochs 1-2 are before the cooldown, 3-4 inside it.
+    assert lrs[:2] == [cfg.lr] * 2 and cfg.lr > lrs[2] > lrs[3] > 0 and lrs[3] < 0.25 * cfg.lr
 
 
 def _slices(n: int = 10, n_fg: int = 4) -> SliceData:

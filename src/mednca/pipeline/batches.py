@@ -50,3 +50,11 @@ def lr_at(config: MedNCAConfig, step: int) -> float:
     """Learning rate of batch ``step``: linear warm-up, then exponential decay per batch."""
     warm = min(1.0, (step + 1) / config.warmup_batches) if config.warmup_batches else 1.0
     return config.lr * warm * config.lr_gamma ** step
+
+
+def cooldown_factor(fraction: float, progress: float) -> float:
+    """Learning-rate factor at ``progress`` (0 to 1) through a session whose last ``fraction``
+    cools down linearly to 0 (``config.lr_cooldown``; 1 everywhere when ``fraction`` is 0)."""
+    if fraction <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (1.0 - progress) / fraction))

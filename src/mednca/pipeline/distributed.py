@@ -161,6 +161,15 @@ def all_reduce_mean(value: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` over all processes (``value`` itself in a single process)."""
+    if not is_initialized():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def any_true(*flags: bool) -> tuple[bool, ...]:
     """Element-wise OR of boolean flags over all processes (one collective for all flags)."""
     if not is_initialized():

@@ -58,7 +58,7 @@ from ..nn.base import SegmentationModel
 from ..nn.build import build_model
 from . import distributed as D
 from .augment import augment_batch
-from .batches import epoch_order, lr_at, rank_seed, shard_order
+from .batches import cooldown_factor, epoch_order, lr_at, rank_seed, shard_order
 from .ema import WeightAverage
 from .losses import dice_bce_loss
 from .setup import Plan, check_cases, prepare, split_cases, write_or_read
@@ -316,6 +316,7 @@ class Trainer:
         stopped_early = went_on = False
         stop = _StopRequest()
         self.batch_start_rng: torch.Tensor | None = None  # generator state before the batch in progress
+        self.lr_factor = 1.0  # config.lr_cooldown's factor of the batch in progress
         self.bar = None  # the current epoch's progress bar (on a terminal)
         try:
             while state.epoch < config.epochs and not stopped_early:
@@ -337,6 +338,7 @@ class Trainer:
                     if stop_requested:
                         raise _AgreedStop
                     b = state.batch_in_epoch
+                    self.lr_factor = self._cooldown(budget_s, (state.epoch + b / n_batches) / config.epochs)
                     self._train_batch(order[b * config.batch_size:(b + 1) * config.batch_size])
                 self._close_bar()
                 complete = state.batch_in_epoch >= n_batches
@@ -361,7 +363,7 @@ class Trainer:
         """One optimizer step on the slices ``idx`` (or a roll-back if its loss is not finite)."""
         config, state = self.config, self.state
         self.batch_start_rng = self.generator.get_state()
-        lr = lr_at(config, state.step) * state.lr_scale
+        lr = lr_at(config, state.step) * state.lr_scale * self.lr_factor
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels = self.train_data.images[idx], self.train_data.labels[idx]
@@ -399,6 +401,15 @@ class Trainer:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
 
+    def _cooldown(self, budget_s: float, epoch_progress: float) -> float:
+        """``config.lr_cooldown``'s learning-rate factor for the next batch: by how far this
+        session is through its time budget (rank 0's clock) or the run through its epochs
+        (``epoch_progress``, 0 to 1), whichever is further."""
+        if self.config.lr_cooldown == 0:
+            return 1.0
+        time_done = (time.perf_counter() - self.t_start) / budget_s if self.main else 0.0
+        return cooldown_factor(self.config.lr_cooldown, max(D.all_reduce_max(time_done), epoch_progress))
+
     def _roll_back(self) -> None:
         """After a non-finite loss or gradient: back to the last snapshot, at half the lr."""
         self.rollbacks_total += 1
@@ -424,7 +435,7 @@ class Trainer:
             train_loss = D.all_reduce_mean(state.epoch_loss_sum / max(1, state.epoch_losses))
             validated = last or (state.epoch + 1) % self.config.val_every == 0
             val, predicted, improved = self._validate(complete) if validated else (math.nan, None, False)
-            lr_now = lr_at(self.config, state.step) * state.lr_scale
+            lr_now = lr_at(self.config, state.step) * state.lr_scale * self.lr_factor
             row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{lr_now:.6g}",
                    "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}" if validated else "",
                    "best": int(improved), "rollbacks": state.epoch_rollbacks, "elapsed_s": f"{elapsed:.1f}"}
