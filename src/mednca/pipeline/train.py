@@ -363,7 +363,7 @@ class Trainer:
         """One optimizer step on the slices ``idx`` (or a roll-back if its loss is not finite)."""
         config, state = self.config, self.state
         self.batch_start_rng = self.generator.get_state()
-        lr = lr_at(config, state.step) * state.lr_scale * self.lr_factor
+        lr = self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels = self.train_data.images[idx], self.train_data.labels[idx]
@@ -401,6 +401,10 @@ class Trainer:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
 
+    def _lr(self) -> float:
+        """Learning rate of the next batch: the schedule, the roll-backs' and the cooldown's factors."""
+        return lr_at(self.config, self.state.step) * self.state.lr_scale * self.lr_factor
+
     def _cooldown(self, budget_s: float, epoch_progress: float) -> float:
         """``config.lr_cooldown``'s learning-rate factor for the next batch: by how far this
         session is through its time budget (rank 0's clock) or the run through its epochs
@@ -435,8 +439,7 @@ class Trainer:
             train_loss = D.all_reduce_mean(state.epoch_loss_sum / max(1, state.epoch_losses))
             validated = last or (state.epoch + 1) % self.config.val_every == 0
             val, predicted, improved = self._validate(complete) if validated else (math.nan, None, False)
-            lr_now = lr_at(self.config, state.step) * state.lr_scale * self.lr_factor
-            row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{lr_now:.6g}",
+            row = {"epoch": state.epoch + 1, "batches": state.step, "lr": f"{self._lr():.6g}",
                    "train_loss": f"{train_loss:.6f}", "val_dice": f"{val:.6f}" if validated else "",
                    "best": int(improved), "rollbacks": state.epoch_rollbacks, "elapsed_s": f"{elapsed:.1f}"}
             if self.main:
