@@ -35,7 +35,7 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "fire_rate": (0.0, 1.0, False), "lr": (0.0, None, True), "lr_gamma": (0.0, 1.0, True),
     "fg_patch_prob": (0.0, 1.0, False), "empty_slice_prob": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
     "ema": (0.0, 1.0, False), "augment": (0.0, 1.0, False), "coarse_loss": (0.0, 100.0, False),
-    "lr_cooldown": (0.0, 1.0, False),
+    "lr_cooldown": (0.0, 1.0, False), "augment_scale": (0.0, 0.75, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
                                        "model": MODEL_TYPES}
@@ -132,6 +132,9 @@ class MedNCAConfig:
             (see :mod:`mednca.pipeline.ema`).
         augment: Probability that a training slice is randomly flipped, rotated, scaled and
             gamma-changed (0 = never, as the paper; see :mod:`mednca.pipeline.augment`).
+        augment_scale: Zoom range of that augmentation: factors drawn uniformly from
+            ``[1 - augment_scale, 1 + augment_scale]`` (at most 0.75), for test anatomy larger
+            or smaller in the field of view than any training case.
         coarse_loss: Weight of a second loss term (BCE + soft Dice) on level 1's own
             segmentation channel over its whole down-scaled grid, against the labels
             average-pooled to that grid (0 = off, as the paper: level 1 learns only through
@@ -178,6 +181,7 @@ class MedNCAConfig:
     val_every: int = 1
     ema: float = 0.0
     augment: float = 0.0
+    augment_scale: float = 0.15
     coarse_loss: float = 0.0
     largest_component: bool = False
     name: str = field(default="custom", compare=False)

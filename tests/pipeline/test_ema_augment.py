@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from mednca.checkpoint import TrainingState
+from mednca.errors import ConfigError
 from mednca.nn.build import build_model
 from mednca.pipeline.augment import Augmentation, apply_augmentation, augment_batch, sample_augmentation
 from mednca.pipeline.ema import WeightAverage
@@ -112,6 +113,21 @@ def test_sampling_is_seeded_and_prob_zero_draws_nothing():
     assert torch.equal(g.get_state(), before)
 
 
+def test_zoom_range_follows_max_scale():
+    default = sample_augmentation(4000, 1.0, torch.Generator().manual_seed(2)).scale
+    wide = sample_augmentation(4000, 1.0, torch.Generator().manual_seed(2), max_scale=0.5).scale
+    assert 0.85 <= float(default.min()) and float(default.max()) <= 1.15
+    assert 0.5 <= float(wide.min()) < 0.55 and 1.45 < float(wide.max()) <= 1.5
+    with pytest.raises(ValueError, match="max_scale"):
+        sample_augmentation(2, 1.0, torch.Generator(), max_scale=0.9)
+
+
+def test_zoom_range_is_validated_in_the_config(tiny_config):
+    assert tiny_config.augment_scale == 0.15  # the zoom range before the field existed
+    with pytest.raises(ConfigError, match="augment_scale"):
+        tiny_config.replace(augment_scale=0.8)
+
+
 # -- in training ---------------------------------------------------------------------------------
 def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path, synthetic_task, tiny_config):
     config = tiny_config.replace(ema=0.9, augment=0.5)
@@ -129,12 +145,14 @@ def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path, synthetic_task,
     assert _same(state.model_state, again.model_state)
 
 
-def test_augment_changes_the_run(tmp_path, synthetic_task, tiny_config):
-    train(synthetic_task, tmp_path / "plain", tiny_config, seed=0, epochs=1, **_quiet())
-    train(synthetic_task, tmp_path / "aug", tiny_config.replace(augment=1.0), seed=0, epochs=1, **_quiet())
-    plain = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
-    aug = load_file(str(tmp_path / "aug" / "checkpoints" / "last.safetensors"))
+def test_augment_and_its_zoom_range_change_the_run(tmp_path, synthetic_task, tiny_config):
+    augmented = tiny_config.replace(augment=1.0)
+    for name, config in (("plain", tiny_config), ("aug", augmented), ("zoom", augmented.replace(augment_scale=0.5))):
+        train(synthetic_task, tmp_path / name, config, seed=0, epochs=1, **_quiet())
+    plain, aug, zoom = (load_file(str(tmp_path / name / "checkpoints" / "last.safetensors"))
+                        for name in ("plain", "aug", "zoom"))
     assert not _same(plain, aug)
+    assert not _same(aug, zoom)  # the trainer passes augment_scale on
 
 
 def test_coarse_loss_changes_the_run_and_resumes_exactly(tmp_path, synthetic_task, tiny_config):

@@ -1,7 +1,8 @@
 """Random training augmentation of 2D slices: sample the parameters, then apply them deterministically.
 
 Each slice of a batch, with probability ``prob``, is flipped left-right (half of the time),
-rotated by up to :data:`MAX_ROTATION_DEG`, scaled by up to :data:`MAX_SCALE` either way and has
+rotated by up to :data:`MAX_ROTATION_DEG`, zoomed by a factor drawn uniformly from
+``[1 - max_scale, 1 + max_scale]`` (default :data:`MAX_SCALE`; the config's ``augment_scale``) and has
 its intensities raised to a random power (gamma, up to :data:`MAX_LOG_GAMMA` in log): the
 variation between scanners and patients that 30 training cases do not cover. The label gets the
 same spatial change (interpolated, then thresholded at 0.5). All randomness comes from the
@@ -17,8 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import FLOAT_RANGES, MedNCAConfig
+
 MAX_ROTATION_DEG = 15.0
-MAX_SCALE = 0.15
+#: Default zoom range: factors in [1 - MAX_SCALE, 1 + MAX_SCALE] (the config's ``augment_scale``).
+MAX_SCALE = MedNCAConfig.augment_scale
+#: Largest zoom range accepted (zoom factors stay >= 0.25).
+MAX_SCALE_LIMIT = FLOAT_RANGES["augment_scale"][1]
 MAX_LOG_GAMMA = 0.4
 
 
@@ -41,15 +47,21 @@ class Augmentation:
     gamma: Tensor
 
 
-def sample_augmentation(batch: int, prob: float, generator: torch.Generator) -> Augmentation:
-    """Draw the parameters for ``batch`` slices (always the same number of draws, whatever ``prob``)."""
+def sample_augmentation(batch: int, prob: float, generator: torch.Generator, *,
+                        max_scale: float = MAX_SCALE) -> Augmentation:
+    """Draw the parameters for ``batch`` slices (always the same number of draws, whatever ``prob``).
+
+    ``max_scale`` in [0, :data:`MAX_SCALE_LIMIT`]: zoom factors are uniform in ``[1 - max_scale, 1 + max_scale]``.
+    """
+    if not 0.0 <= max_scale <= MAX_SCALE_LIMIT:
+        raise ValueError(f"max_scale must be in [0, {MAX_SCALE_LIMIT}], got {max_scale!r}")
     device = generator.device
     u = torch.rand(5, batch, generator=generator, device=device)
     return Augmentation(
         apply=u[0] < prob,
         flip=u[1] < 0.5,
         angle=(2 * u[2] - 1) * math.radians(MAX_ROTATION_DEG),
-        scale=1.0 + (2 * u[3] - 1) * MAX_SCALE,
+        scale=1.0 + (2 * u[3] - 1) * max_scale,
         gamma=torch.exp((2 * u[4] - 1) * MAX_LOG_GAMMA),
     )
 
@@ -77,9 +89,9 @@ def apply_augmentation(images: Tensor, labels: Tensor, aug: Augmentation) -> tup
     return torch.where(keep, moved, images), torch.where(keep, moved_labels, labels)
 
 
-def augment_batch(images: Tensor, labels: Tensor, prob: float,
-                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def augment_batch(images: Tensor, labels: Tensor, prob: float, generator: torch.Generator, *,
+                  max_scale: float = MAX_SCALE) -> tuple[Tensor, Tensor]:
     """:func:`sample_augmentation` then :func:`apply_augmentation`; nothing is drawn if ``prob`` is 0."""
     if prob <= 0:
         return images, labels
-    return apply_augmentation(images, labels, sample_augmentation(len(images), prob, generator))
+    return apply_augmentation(images, labels, sample_augmentation(len(images), prob, generator, max_scale=max_scale))
