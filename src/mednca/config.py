@@ -36,6 +36,7 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "fg_patch_prob": (0.0, 1.0, False), "empty_slice_prob": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
     "ema": (0.0, 1.0, False), "augment": (0.0, 1.0, False), "coarse_loss": (0.0, 100.0, False),
     "lr_cooldown": (0.0, 1.0, False), "augment_scale": (0.0, 0.75, False),
+    "augment_gamma": (0.0, 1.5, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
                                        "model": MODEL_TYPES}
@@ -135,6 +136,9 @@ class MedNCAConfig:
         augment_scale: Zoom range of that augmentation: factors drawn uniformly from
             ``[1 - augment_scale, 1 + augment_scale]`` (at most 0.75), for test anatomy larger
             or smaller in the field of view than any training case.
+        augment_gamma: Intensity range of that augmentation: the image (in [0, 1]) is raised to
+            a power ``exp(u)``, ``u`` uniform in ``[-augment_gamma, augment_gamma]`` (at most
+            1.5), for tissue brighter or darker than in any training case.
         coarse_loss: Weight of a second loss term (BCE + soft Dice) on level 1's own
             segmentation channel over its whole down-scaled grid, against the labels
             average-pooled to that grid (0 = off, as the paper: level 1 learns only through
@@ -182,6 +186,7 @@ class MedNCAConfig:
     ema: float = 0.0
     augment: float = 0.0
     augment_scale: float = 0.15
+    augment_gamma: float = 0.4
     coarse_loss: float = 0.0
     largest_component: bool = False
     name: str = field(default="custom", compare=False)

@@ -122,10 +122,22 @@ def test_zoom_range_follows_max_scale():
         sample_augmentation(2, 1.0, torch.Generator(), max_scale=0.9)
 
 
-def test_zoom_range_is_validated_in_the_config(tiny_config):
+def test_gamma_range_follows_max_log_gamma():
+    default = sample_augmentation(4000, 1.0, torch.Generator().manual_seed(3)).gamma.log()
+    wide = sample_augmentation(4000, 1.0, torch.Generator().manual_seed(3), max_log_gamma=1.0).gamma.log()
+    assert -0.4 <= float(default.min()) < -0.38 and 0.38 < float(default.max()) <= 0.4
+    assert -1.0 <= float(wide.min()) < -0.95 and 0.95 < float(wide.max()) <= 1.0
+    with pytest.raises(ValueError, match="max_log_gamma"):
+        sample_augmentation(2, 1.0, torch.Generator(), max_log_gamma=2.0)
+
+
+def test_zoom_and_gamma_ranges_are_validated_in_the_config(tiny_config):
     assert tiny_config.augment_scale == 0.15  # the zoom range before the field existed
+    assert tiny_config.augment_gamma == 0.4  # the gamma range before the field existed
     with pytest.raises(ConfigError, match="augment_scale"):
         tiny_config.replace(augment_scale=0.8)
+    with pytest.raises(ConfigError, match="augment_gamma"):
+        tiny_config.replace(augment_gamma=-0.1)
 
 
 # -- in training ---------------------------------------------------------------------------------
@@ -145,14 +157,16 @@ def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path, synthetic_task,
     assert _same(state.model_state, again.model_state)
 
 
-def test_augment_and_its_zoom_range_change_the_run(tmp_path, synthetic_task, tiny_config):
+def test_augment_and_its_ranges_change_the_run(tmp_path, synthetic_task, tiny_config):
     augmented = tiny_config.replace(augment=1.0)
-    for name, config in (("plain", tiny_config), ("aug", augmented), ("zoom", augmented.replace(augment_scale=0.5))):
+    runs = {"plain": tiny_config, "aug": augmented, "zoom": augmented.replace(augment_scale=0.5),
+            "gamma": augmented.replace(augment_gamma=1.0)}
+    for name, config in runs.items():
         train(synthetic_task, tmp_path / name, config, seed=0, epochs=1, **_quiet())
-    plain, aug, zoom = (load_file(str(tmp_path / name / "checkpoints" / "last.safetensors"))
-                        for name in ("plain", "aug", "zoom"))
+    plain, aug, zoom, gamma = (load_file(str(tmp_path / name / "checkpoints" / "last.safetensors")) for name in runs)
     assert not _same(plain, aug)
     assert not _same(aug, zoom)  # the trainer passes augment_scale on
+    assert not _same(aug, gamma)  # and augment_gamma
 
 
 def test_coarse_loss_changes_the_run_and_resumes_exactly(tmp_path, synthetic_task, tiny_config):

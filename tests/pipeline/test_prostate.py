@@ -50,7 +50,8 @@ def test_the_prostate_preset_learns_a_few_real_slices():
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, step)
         logits, target = model(*augment_batch(images[idx], labels[idx], config.augment, g,
-                                                 max_scale=config.augment_scale), generator=g)
+                                                 max_scale=config.augment_scale,
+                                                 max_log_gamma=config.augment_gamma), generator=g)
         loss = dice_bce_loss(logits, target)
         optimizer.zero_grad()
         loss.backward()

@@ -3,7 +3,8 @@
 Each slice of a batch, with probability ``prob``, is flipped left-right (half of the time),
 rotated by up to :data:`MAX_ROTATION_DEG`, zoomed by a factor drawn uniformly from
 ``[1 - max_scale, 1 + max_scale]`` (default :data:`MAX_SCALE`; the config's ``augment_scale``) and has
-its intensities raised to a random power (gamma, up to :data:`MAX_LOG_GAMMA` in log): the
+its intensities raised to a random power (gamma, ``exp`` of up to ``max_log_gamma`` in log, default
+:data:`MAX_LOG_GAMMA`; the config's ``augment_gamma``): the
 variation between scanners and patients that 30 training cases do not cover. The label gets the
 same spatial change (interpolated, then thresholded at 0.5). All randomness comes from the
 generator given, so a run is reproducible and resumes exactly.
@@ -25,7 +26,10 @@ MAX_ROTATION_DEG = 15.0
 MAX_SCALE = MedNCAConfig.augment_scale
 #: Largest zoom range accepted (zoom factors stay >= 0.25).
 MAX_SCALE_LIMIT = FLOAT_RANGES["augment_scale"][1]
-MAX_LOG_GAMMA = 0.4
+#: Default intensity range: gamma in [exp(-MAX_LOG_GAMMA), exp(MAX_LOG_GAMMA)] (the config's ``augment_gamma``).
+MAX_LOG_GAMMA = MedNCAConfig.augment_gamma
+#: Largest gamma range accepted.
+MAX_LOG_GAMMA_LIMIT = FLOAT_RANGES["augment_gamma"][1]
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,16 @@ class Augmentation:
 
 
 def sample_augmentation(batch: int, prob: float, generator: torch.Generator, *,
-                        max_scale: float = MAX_SCALE) -> Augmentation:
+                        max_scale: float = MAX_SCALE, max_log_gamma: float = MAX_LOG_GAMMA) -> Augmentation:
     """Draw the parameters for ``batch`` slices (always the same number of draws, whatever ``prob``).
 
     ``max_scale`` in [0, :data:`MAX_SCALE_LIMIT`]: zoom factors are uniform in ``[1 - max_scale, 1 + max_scale]``.
+    ``max_log_gamma`` in [0, :data:`MAX_LOG_GAMMA_LIMIT`]: log gamma is uniform in ``[-max_log_gamma, max_log_gamma]``.
     """
     if not 0.0 <= max_scale <= MAX_SCALE_LIMIT:
         raise ValueError(f"max_scale must be in [0, {MAX_SCALE_LIMIT}], got {max_scale!r}")
+    if not 0.0 <= max_log_gamma <= MAX_LOG_GAMMA_LIMIT:
+        raise ValueError(f"max_log_gamma must be in [0, {MAX_LOG_GAMMA_LIMIT}], got {max_log_gamma!r}")
     device = generator.device
     u = torch.rand(5, batch, generator=generator, device=device)
     return Augmentation(
@@ -62,7 +69,7 @@ def sample_augmentation(batch: int, prob: float, generator: torch.Generator, *,
         flip=u[1] < 0.5,
         angle=(2 * u[2] - 1) * math.radians(MAX_ROTATION_DEG),
         scale=1.0 + (2 * u[3] - 1) * max_scale,
-        gamma=torch.exp((2 * u[4] - 1) * MAX_LOG_GAMMA),
+        gamma=torch.exp((2 * u[4] - 1) * max_log_gamma),
     )
 
 
@@ -90,8 +97,9 @@ def apply_augmentation(images: Tensor, labels: Tensor, aug: Augmentation) -> tup
 
 
 def augment_batch(images: Tensor, labels: Tensor, prob: float, generator: torch.Generator, *,
-                  max_scale: float = MAX_SCALE) -> tuple[Tensor, Tensor]:
+                  max_scale: float = MAX_SCALE, max_log_gamma: float = MAX_LOG_GAMMA) -> tuple[Tensor, Tensor]:
     """:func:`sample_augmentation` then :func:`apply_augmentation`; nothing is drawn if ``prob`` is 0."""
     if prob <= 0:
         return images, labels
-    return apply_augmentation(images, labels, sample_augmentation(len(images), prob, generator, max_scale=max_scale))
+    aug = sample_augmentation(len(images), prob, generator, max_scale=max_scale, max_log_gamma=max_log_gamma)
+    return apply_augmentation(images, labels, aug)

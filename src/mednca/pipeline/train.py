@@ -369,7 +369,8 @@ class Trainer:
         images, labels = self.train_data.images[idx], self.train_data.labels[idx]
         if self.device is not None:
             images, labels = images.to(self.device), labels.to(self.device)
-        images, labels = augment_batch(images, labels, config.augment, self.generator, max_scale=config.augment_scale)
+        images, labels = augment_batch(images, labels, config.augment, self.generator,
+                                       max_scale=config.augment_scale, max_log_gamma=config.augment_gamma)
         logits, target, *coarse = self.net(images, labels, generator=self.generator)
         loss = dice_bce_loss(logits, target)
         if coarse:  # level 1's own segmentation over its whole grid (config.coarse_loss)
