@@ -36,7 +36,7 @@ FLOAT_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "fg_patch_prob": (0.0, 1.0, False), "empty_slice_prob": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
     "ema": (0.0, 1.0, False), "augment": (0.0, 1.0, False), "coarse_loss": (0.0, 100.0, False),
     "lr_cooldown": (0.0, 1.0, False), "augment_scale": (0.0, 0.75, False),
-    "augment_gamma": (0.0, 1.5, False),
+    "augment_gamma": (0.0, 1.5, False), "augment_contrast": (0.0, 1.5, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"interpolation": _INTERPOLATIONS, "normalization": NORMALIZATIONS,
                                        "model": MODEL_TYPES}
@@ -139,6 +139,11 @@ class MedNCAConfig:
         augment_gamma: Intensity range of that augmentation: the image (in [0, 1]) is raised to
             a power ``exp(u)``, ``u`` uniform in ``[-augment_gamma, augment_gamma]`` (at most
             1.5), for tissue brighter or darker than in any training case.
+        augment_contrast: Range of a change, in that augmentation, of the labelled structure's
+            brightness against its surroundings: the image is multiplied by ``1 + (c - 1) m``,
+            ``m`` the label blurred over 2 pixels, ``c = exp(u)``, ``u`` uniform in
+            ``[-augment_contrast, augment_contrast]`` (at most 1.5; 0 = off, as the paper), for a
+            structure that stands out from its surroundings more or less than in any training case.
         coarse_loss: Weight of a second loss term (BCE + soft Dice) on level 1's own
             segmentation channel over its whole down-scaled grid, against the labels
             average-pooled to that grid (0 = off, as the paper: level 1 learns only through
@@ -187,6 +192,7 @@ class MedNCAConfig:
     augment: float = 0.0
     augment_scale: float = 0.15
     augment_gamma: float = 0.4
+    augment_contrast: float = 0.0
     coarse_loss: float = 0.0
     largest_component: bool = False
     name: str = field(default="custom", compare=False)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from mednca.checkpoint import TrainingState
 from mednca.errors import ConfigError
 from mednca.nn.build import build_model
-from mednca.pipeline.augment import Augmentation, apply_augmentation, augment_batch, sample_augmentation
+from mednca.pipeline.augment import (Augmentation, apply_augmentation, augment_batch, change_contrast,
+                                     sample_augmentation)
 from mednca.pipeline.ema import WeightAverage
 from mednca.pipeline.train import train
 
@@ -131,6 +132,39 @@ def test_gamma_range_follows_max_log_gamma():
         sample_augmentation(2, 1.0, torch.Generator(), max_log_gamma=2.0)
 
 
+def test_contrast_scales_the_labelled_structure_and_fades_outside():
+    images = torch.full((2, 1, 40, 40), 0.5)
+    labels = torch.zeros(2, 1, 40, 40)
+    labels[:, :, 10:30, 10:30] = 1
+    out = change_contrast(images, labels, torch.tensor([1.6, 0.5]))
+    assert out[0, 0, 20, 20].item() == pytest.approx(0.8, abs=1e-3)  # deep inside: the full factor
+    assert out[1, 0, 20, 20].item() == pytest.approx(0.25, abs=1e-3)
+    assert torch.equal(out[:, :, :2], images[:, :, :2])  # far outside: unchanged
+    row = out[0, 0, 20, :20]
+    assert bool((row[1:] >= row[:-1]).all()) and 0.5 < row[10].item() < 0.8  # a soft edge at the border
+    bright = change_contrast(torch.full((1, 1, 40, 40), 0.9), labels[:1], torch.tensor([2.0]))
+    assert float(bright.max()) == 1.0  # clipped to [0, 1]
+
+
+def test_contrast_range_draws_extra_and_leaves_the_other_parameters():
+    plain = sample_augmentation(4000, 1.0, torch.Generator().manual_seed(4))
+    wide = sample_augmentation(4000, 1.0, torch.Generator().manual_seed(4), max_log_contrast=0.5)
+    assert plain.contrast is None
+    assert all(torch.equal(getattr(plain, f), getattr(wide, f)) for f in ("apply", "flip", "angle", "scale", "gamma"))
+    log_c = wide.contrast.log()
+    assert -0.5 <= float(log_c.min()) < -0.48 and 0.48 < float(log_c.max()) <= 0.5
+    with pytest.raises(ValueError, match="max_log_contrast"):
+        sample_augmentation(2, 1.0, torch.Generator(), max_log_contrast=1.6)
+    images, labels = _batch()
+    n = len(images)
+    keep = dict(apply=torch.ones(n, dtype=torch.bool), flip=torch.zeros(n, dtype=torch.bool),
+                angle=torch.zeros(n), scale=torch.ones(n), gamma=torch.ones(n))
+    same, _ = apply_augmentation(images, labels, Augmentation(**keep))
+    brighter, moved_labels = apply_augmentation(images, labels, Augmentation(**keep, contrast=torch.full((n,), 1.5)))
+    inside = moved_labels > 0
+    assert float(brighter[inside].sum()) > float(same[inside].sum())
+
+
 def test_zoom_and_gamma_ranges_are_validated_in_the_config(tiny_config):
     assert tiny_config.augment_scale == 0.15  # the zoom range before the field existed
     assert tiny_config.augment_gamma == 0.4  # the gamma range before the field existed
@@ -138,6 +172,9 @@ def test_zoom_and_gamma_ranges_are_validated_in_the_config(tiny_config):
         tiny_config.replace(augment_scale=0.8)
     with pytest.raises(ConfigError, match="augment_gamma"):
         tiny_config.replace(augment_gamma=-0.1)
+    assert tiny_config.augment_contrast == 0.0  # off, as the paper
+    with pytest.raises(ConfigError, match="augment_contrast"):
+        tiny_config.replace(augment_contrast=2.0)
 
 
 # -- in training ---------------------------------------------------------------------------------
@@ -160,13 +197,15 @@ def test_ema_run_saves_the_average_and_resumes_exactly(tmp_path, synthetic_task,
 def test_augment_and_its_ranges_change_the_run(tmp_path, synthetic_task, tiny_config):
     augmented = tiny_config.replace(augment=1.0)
     runs = {"plain": tiny_config, "aug": augmented, "zoom": augmented.replace(augment_scale=0.5),
-            "gamma": augmented.replace(augment_gamma=1.0)}
+            "gamma": augmented.replace(augment_gamma=1.0), "contrast": augmented.replace(augment_contrast=0.5)}
     for name, config in runs.items():
         train(synthetic_task, tmp_path / name, config, seed=0, epochs=1, **_quiet())
-    plain, aug, zoom, gamma = (load_file(str(tmp_path / name / "checkpoints" / "last.safetensors")) for name in runs)
+    plain, aug, zoom, gamma, contrast = (load_file(str(tmp_path / name / "checkpoints" / "last.safetensors"))
+                                         for name in runs)
     assert not _same(plain, aug)
     assert not _same(aug, zoom)  # the trainer passes augment_scale on
     assert not _same(aug, gamma)  # and augment_gamma
+    assert not _same(aug, contrast)  # and augment_contrast
 
 
 def test_coarse_loss_changes_the_run_and_resumes_exactly(tmp_path, synthetic_task, tiny_config):

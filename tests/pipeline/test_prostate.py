@@ -52,7 +52,8 @@ def test_the_prostate_preset_learns_a_few_real_slices():
             group["lr"] = lr_at(config, step)
         logits, target = model(*augment_batch(images[idx], labels[idx], config.augment, g,
                                                  max_scale=config.augment_scale,
-                                                 max_log_gamma=config.augment_gamma), generator=g)
+                                                 max_log_gamma=config.augment_gamma,
+                                                 max_log_contrast=config.augment_contrast), generator=g)
         loss = dice_bce_loss(logits, target)
         optimizer.zero_grad()
         loss.backward()

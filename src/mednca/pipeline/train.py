@@ -370,7 +370,8 @@ class Trainer:
         if self.device is not None:
             images, labels = images.to(self.device), labels.to(self.device)
         images, labels = augment_batch(images, labels, config.augment, self.generator,
-                                       max_scale=config.augment_scale, max_log_gamma=config.augment_gamma)
+                                       max_scale=config.augment_scale, max_log_gamma=config.augment_gamma,
+                                       max_log_contrast=config.augment_contrast)
         logits, target, *coarse = self.net(images, labels, generator=self.generator)
         loss = dice_bce_loss(logits, target)
         if coarse:  # level 1's own segmentation over its whole grid (config.coarse_loss)
