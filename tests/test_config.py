@@ -26,7 +26,7 @@ def test_presets_exist_with_paper_values():
     assert (pro.coarse_steps, pro.steps) == (36, 8)
     assert pro.normalization == "percentile"
     assert (pro.augment, pro.augment_scale, pro.augment_gamma) == (0.5, 0.4, 0.4)  # zooms of ±40 %
-    assert pro.augment_contrast == 0.5 and MedNCAConfig.preset("hippocampus").augment_contrast == 0
+    assert pro.augment_contrast == 0.5 and hip.augment_contrast == 0  # the gland's contrast within exp(±0.5)
     assert hip.name == "hippocampus" and pro.name == "prostate"
     demo = MedNCAConfig.preset("demo")
     assert demo.image_size % demo.scale == 0 and demo.patch_size <= demo.image_size
